@@ -1,0 +1,1 @@
+"""What every FlowForge process needs: settings, database, gRPC bootstrap, auth, telemetry."""
