@@ -1,0 +1,1 @@
+"""workflow_svc: agents, workflow definitions and versions, templates, step-type registry."""
