@@ -1,0 +1,144 @@
+"""ExecutionService servicer: proto <-> domain for runs, controls, logs and run streams.
+
+Authentication and scopes are the interceptor's (from each RPC's declared policy); domain
+errors become rich statuses there too. RPCs not overridden here (schedules, webhooks,
+WatchEvents, stats) still answer UNIMPLEMENTED from the generated base class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from execution_svc.api.mappers import (
+    event_to_log,
+    event_to_proto,
+    required,
+    run_filter_from_proto,
+    run_to_proto,
+    step_to_proto,
+    value_from_proto,
+)
+from execution_svc.domain.ports import WorkflowSource
+from execution_svc.domain.service import ExecutionEngine
+from flowforge.execution.v1 import execution_service_pb2 as pb
+from flowforge.execution.v1 import execution_service_pb2_grpc
+from flowforge_common.auth import current_principal
+
+
+class ExecutionServiceServicer(execution_service_pb2_grpc.ExecutionServiceServicer):
+    """Proto <-> domain translation for ExecutionService."""
+
+    def __init__(self, engine: ExecutionEngine, workflows: WorkflowSource) -> None:
+        self._engine = engine
+        self._workflows = workflows
+
+    async def ExecuteWorkflow(
+        self, request: pb.ExecuteWorkflowRequest, _context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteWorkflowResponse:
+        caller = current_principal()
+        workflow = await self._workflows.fetch(
+            caller, required(request.workflow_id, "workflow_id"), request.version or None
+        )
+        run = await self._engine.start_run(
+            caller.tenant_id,
+            workflow,
+            value_from_proto(request.input) if request.HasField("input") else None,
+            triggered_by=caller.subject,
+            idempotency_key=request.idempotency_key,
+            requested_version=request.version or None,
+        )
+        return pb.ExecuteWorkflowResponse(run=run_to_proto(run))
+
+    async def ListRuns(self, request: pb.ListRunsRequest, _context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
+        page = await self._engine.list_runs(
+            current_principal().tenant_id,
+            run_filter_from_proto(request),
+            limit=request.limit,
+            page_token=request.page_token,
+        )
+        return pb.ListRunsResponse(
+            items=[run_to_proto(run) for run in page.items], next_page_token=page.next_page_token
+        )
+
+    async def GetRun(self, request: pb.GetRunRequest, _context: grpc.aio.ServicerContext) -> pb.GetRunResponse:
+        run = await self._engine.get_run(current_principal().tenant_id, required(request.id, "id"))
+        return pb.GetRunResponse(run=run_to_proto(run))
+
+    async def ListRunSteps(
+        self, request: pb.ListRunStepsRequest, _context: grpc.aio.ServicerContext
+    ) -> pb.ListRunStepsResponse:
+        steps = await self._engine.list_steps(current_principal().tenant_id, required(request.id, "id"))
+        return pb.ListRunStepsResponse(items=[step_to_proto(step) for step in steps])
+
+    async def CancelRun(self, request: pb.CancelRunRequest, _context: grpc.aio.ServicerContext) -> pb.CancelRunResponse:
+        run = await self._engine.cancel_run(**self._control(request))
+        return pb.CancelRunResponse(run=run_to_proto(run))
+
+    async def PauseRun(self, request: pb.PauseRunRequest, _context: grpc.aio.ServicerContext) -> pb.PauseRunResponse:
+        run = await self._engine.pause_run(**self._control(request))
+        return pb.PauseRunResponse(run=run_to_proto(run))
+
+    async def ResumeRun(self, request: pb.ResumeRunRequest, _context: grpc.aio.ServicerContext) -> pb.ResumeRunResponse:
+        run = await self._engine.resume_run(**self._control(request))
+        return pb.ResumeRunResponse(run=run_to_proto(run))
+
+    async def RetryRun(self, request: pb.RetryRunRequest, _context: grpc.aio.ServicerContext) -> pb.RetryRunResponse:
+        run = await self._engine.retry_run(**self._control(request))
+        return pb.RetryRunResponse(run=run_to_proto(run))
+
+    async def RetryStep(self, request: pb.RetryStepRequest, _context: grpc.aio.ServicerContext) -> pb.RetryStepResponse:
+        run = await self._engine.retry_step(
+            step_id=required(request.step_id, "step_id"), **self._control(request)
+        )
+        return pb.RetryStepResponse(run=run_to_proto(run))
+
+    async def SendSignal(
+        self, request: pb.SendSignalRequest, _context: grpc.aio.ServicerContext
+    ) -> pb.SendSignalResponse:
+        run = await self._engine.send_signal(
+            name=required(request.name, "name"),
+            payload=value_from_proto(request.payload) if request.HasField("payload") else None,
+            **self._control(request),
+        )
+        return pb.SendSignalResponse(run=run_to_proto(run))
+
+    async def CompleteStep(
+        self, request: pb.CompleteStepRequest, _context: grpc.aio.ServicerContext
+    ) -> pb.CompleteStepResponse:
+        run = await self._engine.complete_step(
+            step_id=required(request.step_id, "step_id"),
+            output=value_from_proto(request.output) if request.HasField("output") else None,
+            **self._control(request),
+        )
+        return pb.CompleteStepResponse(run=run_to_proto(run))
+
+    async def ListRunLogs(
+        self, request: pb.ListRunLogsRequest, _context: grpc.aio.ServicerContext
+    ) -> pb.ListRunLogsResponse:
+        events = await self._engine.list_events(
+            current_principal().tenant_id, required(request.id, "id"), after_seq=request.after_seq
+        )
+        return pb.ListRunLogsResponse(items=[event_to_log(event) for event in events])
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, _context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        events = self._engine.watch_run(
+            current_principal().tenant_id, required(request.run_id, "run_id"), after_seq=request.after_seq
+        )
+        async for event in events:
+            yield pb.WatchRunResponse(event=event_to_proto(event))
+
+    @staticmethod
+    def _control(request: Any) -> dict[str, Any]:
+        """Arguments every control shares: tenant, run, actor (audited), idempotency key."""
+        caller = current_principal()
+        return {
+            "tenant_id": caller.tenant_id,
+            "run_id": required(request.id, "id"),
+            "actor": caller.subject,
+            "idempotency_key": request.idempotency_key,
+        }

@@ -1,0 +1,614 @@
+"""The execution engine's use cases. Each one is a single transaction: lock the run, let the
+scheduler decide, write every change (state, event, queue) atomically, then notify.
+
+Two kinds of callers use it: the API (start runs, read them, operator controls) and workers
+(claim, start, complete, heartbeat, reap). Tenancy: API calls name their tenant; worker calls
+carry the tenant of the task they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import jsonschema
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from execution_svc.db import repository as repo
+from execution_svc.db.session import Database
+from execution_svc.domain.definition import WorkflowDef, parse_workflow
+from execution_svc.domain.expressions import Expressions, SharedExpressions
+from execution_svc.domain.models import (
+    STEP_ROW,
+    EventRecord,
+    EventType,
+    ExpiredTask,
+    RunFilter,
+    RunPage,
+    RunRecord,
+    RunStatus,
+    RunView,
+    StepKey,
+    StepRecord,
+    StepView,
+    TaskKind,
+    TaskLease,
+    TaskState,
+    Trigger,
+)
+from execution_svc.domain.ports import (
+    CANCEL_TOPIC,
+    EVENTS_TOPIC,
+    TASKS_TOPIC,
+    Clock,
+    Notifier,
+    StepCall,
+    StepResult,
+)
+from execution_svc.domain.scheduler import RunScheduler
+from execution_svc.domain.state import ReleaseRunTasks, RunState, UpsertTask
+from execution_svc.domain.views import run_view, run_view_from_json, run_view_to_json, step_views
+from flowforge_common.errors import ConflictError, FieldViolation, NotFoundError, ValidationError
+from flowforge_common.ids import new_id
+from flowforge_common.orm import utcnow
+from flowforge_common.pagination import clamp_limit, decode_page_token, encode_page_token
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IDEMPOTENCY_TTL = dt.timedelta(hours=24)
+
+
+class StaleLeaseError(ConflictError):
+    """A worker reported on a task it no longer holds (its lease expired or was taken over);
+    the result is refused so it cannot overwrite a newer attempt."""
+
+    reason = "STALE_LEASE"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Tunables of the engine."""
+
+    max_output_bytes: int = 1024 * 1024
+    lease_seconds: float = 30.0
+    watch_poll_seconds: float = 5.0
+    definition_cache_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A started attempt a worker must execute: the lease it holds and the call to make."""
+
+    lease: TaskLease
+    call: StepCall
+
+
+class ExecutionEngine:
+    """Runs, controls and the worker protocol, over one database."""
+
+    def __init__(
+        self,
+        database: Database,
+        notifier: Notifier,
+        *,
+        expressions: Expressions | None = None,
+        clock: Clock = utcnow,
+        config: EngineConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = database
+        self._notifier = notifier
+        self._expressions: Expressions = expressions or SharedExpressions()
+        self._clock = clock
+        self.config = config or EngineConfig()
+        self._rng = rng or random.Random()
+        self._definitions: OrderedDict[str, WorkflowDef] = OrderedDict()
+
+    @property
+    def notifier(self) -> Notifier:
+        """The notifier the engine publishes on (workers subscribe to the same one)."""
+        return self._notifier
+
+    def now(self) -> dt.datetime:
+        """The engine's clock."""
+        return self._clock()
+
+    # =====================================================================================
+    # Runs
+    # =====================================================================================
+
+    async def start_run(
+        self,
+        tenant_id: str,
+        workflow: Mapping[str, Any],
+        run_input: Any,
+        *,
+        trigger: Trigger = Trigger.API,
+        triggered_by: str = "",
+        idempotency_key: str = "",
+        requested_version: int | None = None,
+        parent_run_id: str | None = None,
+        parent_step_id: str | None = None,
+    ) -> RunView:
+        """Snapshots `workflow` (the version's JSON definition, with `id`, `name`, `version`)
+        into a new run, checks `run_input` against its `input_schema`, writes
+        `workflow.started` and starts the root steps (pure ones inline).
+
+        With `idempotency_key`, the request is fingerprinted as the caller sent it (workflow,
+        `requested_version` or None for "latest", input): a repeat replays the first answer
+        even if a newer version was saved in between."""
+        definition = parse_workflow(workflow)
+        _check_input(definition, run_input)
+        snapshot = json.loads(json.dumps(dict(workflow)))
+        request_hash = _hash("start_run", definition.id, requested_version, run_input)
+
+        async def work(session: AsyncSession) -> tuple[RunView, list[RunState]]:
+            replay = await self._replay(session, tenant_id, idempotency_key, request_hash)
+            if replay is not None:
+                return replay, []
+            now = self._clock()
+            run = RunRecord(
+                id=new_id("run"),
+                tenant_id=tenant_id,
+                workflow_id=definition.id,
+                workflow_name=definition.name,
+                workflow_version=definition.version,
+                workflow=snapshot,
+                status=RunStatus.PENDING,
+                input=run_input,
+                trigger=trigger,
+                triggered_by=triggered_by,
+                parent_run_id=parent_run_id,
+                parent_step_id=parent_step_id,
+                created_at=now,
+                updated_at=now,
+            )
+            self._remember(run.id, definition)
+            state = RunState.load(run, [], new=True)
+            for step in definition.steps:
+                state.add_row(StepRecord(run_id=run.id, step_id=step.id, item_index=STEP_ROW))
+            self._scheduler(state, now).start()
+            await repo.save_state(session, state)
+            view = run_view(run, step_views(run, state.rows.values()))
+            await self._remember_answer(session, tenant_id, idempotency_key, request_hash, view, now)
+            return view, [state]
+
+        return await self._write_and_publish(work)
+
+    async def get_run(self, tenant_id: str, run_id: str) -> RunView:
+        """A run with a summary of its steps."""
+        async with self._db.read() as session:
+            run = await self._get_run(session, tenant_id, run_id)
+            rows = await repo.load_steps(session, tenant_id, run_id)
+        return run_view(run, step_views(run, rows))
+
+    async def list_steps(self, tenant_id: str, run_id: str) -> tuple[StepView, ...]:
+        """A run's steps in definition order, with attempts and `for_each` items."""
+        async with self._db.read() as session:
+            run = await self._get_run(session, tenant_id, run_id)
+            rows = await repo.load_steps(session, tenant_id, run_id)
+            attempts = await repo.load_attempts(session, tenant_id, run_id)
+        return step_views(run, rows, attempts)
+
+    async def list_runs(
+        self, tenant_id: str, filters: RunFilter | None = None, *, limit: int = 0, page_token: str = ""
+    ) -> RunPage:
+        """Runs newest first with cursor pagination (stable while runs are added)."""
+        size = clamp_limit(limit)
+        position = decode_page_token(page_token)
+        before = str(position["before"]) if position and "before" in position else None
+        async with self._db.read() as session:
+            records = await repo.list_runs(
+                session, tenant_id, filters or RunFilter(), limit=size + 1, before_id=before
+            )
+        page = records[:size]
+        token = encode_page_token({"before": page[-1].id}) if len(records) > size else ""
+        return RunPage(items=tuple(run_view(record) for record in page), next_page_token=token)
+
+    async def list_events(
+        self, tenant_id: str, run_id: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> list[EventRecord]:
+        """A run's events after `after_seq`, in seq order."""
+        async with self._db.read() as session:
+            events = await repo.list_events(session, tenant_id, run_id, after_seq=after_seq, limit=limit)
+            if not events and after_seq == 0:
+                await self._get_run(session, tenant_id, run_id)
+        return events
+
+    async def watch_run(self, tenant_id: str, run_id: str, *, after_seq: int = 0) -> AsyncIterator[EventRecord]:
+        """History after `after_seq`, then live events, in seq order; ends after a terminal
+        event that is the run's latest.
+
+        The subscription is taken before the first read, and every batch is read from the
+        log by seq: a notification that races the read only causes one more read, so the
+        hand-over from history to live has no gap and no duplicate."""
+        wake = asyncio.Event()
+
+        def on_event(payload: str) -> None:
+            parts = payload.split(" ")
+            if len(parts) == 3 and parts[1] in (run_id, "*"):
+                wake.set()
+
+        unsubscribe = self._notifier.subscribe(EVENTS_TOPIC, on_event)
+        try:
+            async with self._db.read() as session:
+                await self._get_run(session, tenant_id, run_id)
+            cursor = after_seq
+            while True:
+                wake.clear()
+                batch = await self.list_events(tenant_id, run_id, after_seq=cursor, limit=500)
+                for event in batch:
+                    yield event
+                    cursor = event.seq
+                if len(batch) == 500:
+                    continue
+                if batch and EventType(batch[-1].type).terminal:
+                    return
+                # A missed notification costs one poll interval, never an event.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.config.watch_poll_seconds)
+        finally:
+            unsubscribe()
+
+    # =====================================================================================
+    # Operator controls
+    # =====================================================================================
+
+    async def cancel_run(self, tenant_id: str, run_id: str, *, actor: str = "", idempotency_key: str = "") -> RunView:
+        """Cancels a run; in-flight attempts are aborted. ConflictError on a finished run."""
+        return await self._control(tenant_id, run_id, "cancel", {}, idempotency_key, lambda s: s.cancel(actor))
+
+    async def pause_run(self, tenant_id: str, run_id: str, *, actor: str = "", idempotency_key: str = "") -> RunView:
+        """Pauses a run: running steps finish, no new step starts."""
+        return await self._control(tenant_id, run_id, "pause", {}, idempotency_key, lambda s: s.pause(actor))
+
+    async def resume_run(self, tenant_id: str, run_id: str, *, actor: str = "", idempotency_key: str = "") -> RunView:
+        """Resumes a paused run."""
+        return await self._control(tenant_id, run_id, "resume", {}, idempotency_key, lambda s: s.resume(actor))
+
+    async def retry_run(self, tenant_id: str, run_id: str, *, actor: str = "", idempotency_key: str = "") -> RunView:
+        """Re-runs what did not succeed in a failed or cancelled run (same run id)."""
+        return await self._control(tenant_id, run_id, "retry", {}, idempotency_key, lambda s: s.retry_run(actor))
+
+    async def retry_step(
+        self, tenant_id: str, run_id: str, step_id: str, *, actor: str = "", idempotency_key: str = ""
+    ) -> RunView:
+        """Re-runs one finished step and what depends on it."""
+        return await self._control(
+            tenant_id, run_id, "retry_step", {"step_id": step_id}, idempotency_key,
+            lambda s: s.retry_step(step_id, actor),
+        )
+
+    async def complete_step(
+        self, tenant_id: str, run_id: str, step_id: str, output: Any, *, actor: str = "", idempotency_key: str = ""
+    ) -> RunView:
+        """Resolves a failed or waiting step by hand with `output`; the run goes on."""
+        return await self._control(
+            tenant_id, run_id, "complete_step", {"step_id": step_id, "output": output}, idempotency_key,
+            lambda s: s.complete_step(step_id, output, actor),
+        )
+
+    async def send_signal(
+        self, tenant_id: str, run_id: str, name: str, payload: Any, *, actor: str = "", idempotency_key: str = ""
+    ) -> RunView:
+        """Delivers signal `name` to the steps waiting for it."""
+        return await self._control(
+            tenant_id, run_id, "signal", {"name": name, "payload": payload}, idempotency_key,
+            lambda s: s.signal(name, payload, actor),
+        )
+
+    # =====================================================================================
+    # Worker protocol
+    # =====================================================================================
+
+    async def claim_tasks(self, owner: str, limit: int) -> list[TaskLease]:
+        """Leases up to `limit` due tasks to `owner` (one short transaction, no run locks)."""
+        if limit <= 0:
+            return []
+
+        async def work(session: AsyncSession) -> list[TaskLease]:
+            now = self._clock()
+            return await repo.claim_ready_tasks(
+                session, owner=owner, limit=limit, now=now, lease_until=self._lease_until(now)
+            )
+
+        return await self._db.write(work)
+
+    async def next_due_at(self) -> dt.datetime | None:
+        """When the earliest ready task becomes due."""
+        async with self._db.read() as session:
+            return await repo.next_due_at(session)
+
+    async def start_tasks(self, leases: list[TaskLease], *, capacity: int = 0) -> list[Assignment]:
+        """Starts attempts for claimed `execute` tasks and fires claimed timers, run by run in
+        one transaction. Tasks of paused runs are parked, stale ones dropped. Returns what
+        the worker must execute (up to `capacity` extra steps made ready by timers are
+        dispatched to it eagerly)."""
+        if not leases:
+            return []
+        by_run: dict[tuple[str, str], list[TaskLease]] = defaultdict(list)
+        for lease in leases:
+            by_run[(lease.run_id, lease.tenant_id)].append(lease)
+        owner = leases[0].owner
+
+        async def work(session: AsyncSession) -> tuple[list[Assignment], list[RunState]]:
+            now = self._clock()
+            assignments: list[Assignment] = []
+            states: list[RunState] = []
+            # Sorted run ids: concurrent batches lock runs in one global order.
+            for run_id, tenant_id in sorted(by_run):
+                state, scheduler = await self._load(session, tenant_id, run_id, now)
+                started: list[tuple[TaskLease, StepCall]] = []
+                for lease in by_run[(run_id, tenant_id)]:
+                    if not await repo.lease_is_current(session, lease, now):
+                        continue
+                    if lease.kind is TaskKind.EXECUTE:
+                        if scheduler.begin_attempt(lease.key):
+                            started.append((lease, scheduler.step_call(lease.key)))
+                    else:
+                        scheduler.fire_timer(lease.key, lease.kind)
+                eager = self._dispatch_eagerly(scheduler, owner, capacity - len(assignments) - len(started), now)
+                leased = await repo.save_state(session, state)
+                assignments += [Assignment(lease, call) for lease, call in started]
+                assignments += self._assign(scheduler, leased, eager)
+                states.append(state)
+            return assignments, states
+
+        return await self._write_and_publish(work)
+
+    async def complete_task(self, assignment: Assignment, result: StepResult, *, capacity: int = 0) -> list[Assignment]:
+        """Records an attempt's result, its event and the steps it makes ready, in one
+        transaction. Up to `capacity` newly ready remote steps are leased to the same worker
+        and returned (eager dispatch). StaleLeaseError when the lease is no longer current."""
+        lease = assignment.lease
+
+        async def work(session: AsyncSession) -> tuple[list[Assignment], list[RunState]]:
+            now = self._clock()
+            state, scheduler = await self._load(session, lease.tenant_id, lease.run_id, now)
+            if not await repo.lease_is_current(session, lease, now):
+                raise StaleLeaseError(
+                    f"task {lease.task_id} ({lease.step_id}) is no longer leased under token {lease.token}: "
+                    "its lease expired or another worker took it over; the result is refused"
+                )
+            scheduler.complete_attempt(lease.key, assignment.call.attempt, result)
+            eager = self._dispatch_eagerly(scheduler, lease.owner, capacity, now)
+            leased = await repo.save_state(session, state)
+            return self._assign(scheduler, leased, eager), [state]
+
+        return await self._write_and_publish(work)
+
+    async def extend_leases(self, owner: str, task_ids: list[str]) -> set[str]:
+        """Heartbeat for `owner`'s tasks; returns the ids it still holds."""
+
+        async def work(session: AsyncSession) -> set[str]:
+            now = self._clock()
+            return await repo.extend_leases(
+                session, owner=owner, task_ids=task_ids, now=now, lease_until=self._lease_until(now)
+            )
+
+        return await self._db.write(work)
+
+    async def requeue_expired_leases(self, limit: int = 200) -> int:
+        """Puts tasks whose lease ran out back in the queue (through the scheduler, so the
+        lost attempt is recorded); returns how many."""
+        async with self._db.read() as session:
+            expired = await repo.find_expired_leases(session, now=self._clock(), limit=limit)
+        by_run: dict[tuple[str, str], list[ExpiredTask]] = defaultdict(list)
+        for task in expired:
+            by_run[(task.run_id, task.tenant_id)].append(task)
+        requeued = 0
+        for (run_id, tenant_id), group in sorted(by_run.items()):
+
+            async def work(
+                session: AsyncSession, run_id: str = run_id, tenant_id: str = tenant_id,
+                group: list[ExpiredTask] = group,
+            ) -> tuple[int, list[RunState]]:
+                now = self._clock()
+                state, scheduler = await self._load(session, tenant_id, run_id, now)
+                count = 0
+                for task in sorted(group, key=lambda t: (t.step_id, t.item_index)):
+                    if await repo.lease_has_expired(session, task, now):
+                        scheduler.lease_expired((task.step_id, task.item_index), task.kind)
+                        count += 1
+                await repo.save_state(session, state)
+                return count, [state]
+
+            requeued += await self._write_and_publish(work)
+        if requeued:
+            logger.warning("requeued %d tasks whose lease expired", requeued)
+        return requeued
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forgets idempotency keys older than 24 h."""
+
+        async def work(session: AsyncSession) -> int:
+            return await repo.purge_idempotency_keys(session, before=self._clock() - IDEMPOTENCY_TTL)
+
+        return await self._db.write(work)
+
+    # =====================================================================================
+    # Internals
+    # =====================================================================================
+
+    def _lease_until(self, now: dt.datetime) -> dt.datetime:
+        return now + dt.timedelta(seconds=self.config.lease_seconds)
+
+    def _remember(self, run_id: str, definition: WorkflowDef) -> None:
+        self._definitions[run_id] = definition
+        self._definitions.move_to_end(run_id)
+        while len(self._definitions) > self.config.definition_cache_size:
+            self._definitions.popitem(last=False)
+
+    def _definition(self, run: RunRecord) -> WorkflowDef:
+        # Snapshots never change, so a parsed one serves every later transaction of the run.
+        definition = self._definitions.get(run.id)
+        if definition is None:
+            definition = parse_workflow(run.workflow)
+            self._remember(run.id, definition)
+        return definition
+
+    def _scheduler(self, state: RunState, now: dt.datetime) -> RunScheduler:
+        return RunScheduler(
+            state,
+            self._definition(state.run),
+            self._expressions,
+            now=now,
+            rng=self._rng,
+            max_output_bytes=self.config.max_output_bytes,
+        )
+
+    async def _get_run(self, session: AsyncSession, tenant_id: str, run_id: str) -> RunRecord:
+        run = await repo.get_run(session, tenant_id, run_id)
+        if run is None:
+            raise NotFoundError(f"run {run_id} not found")
+        return run
+
+    async def _load(
+        self, session: AsyncSession, tenant_id: str, run_id: str, now: dt.datetime
+    ) -> tuple[RunState, RunScheduler]:
+        run = await repo.lock_run(session, tenant_id, run_id)
+        if run is None:
+            raise NotFoundError(f"run {run_id} not found")
+        run.updated_at = now
+        state = RunState.load(run, await repo.load_steps(session, tenant_id, run_id))
+        return state, self._scheduler(state, now)
+
+    def _dispatch_eagerly(self, scheduler: RunScheduler, owner: str, capacity: int, now: dt.datetime) -> list[StepKey]:
+        taken: list[StepKey] = []
+        for key in scheduler.state.dispatchable:
+            if len(taken) >= capacity:
+                break
+            if scheduler.dispatch_eagerly(key, owner, self._lease_until(now)):
+                taken.append(key)
+        return taken
+
+    @staticmethod
+    def _assign(scheduler: RunScheduler, leases: list[TaskLease], eager: list[StepKey]) -> list[Assignment]:
+        by_key = {lease.key: lease for lease in leases}
+        return [Assignment(by_key[key], scheduler.step_call(key)) for key in eager if key in by_key]
+
+    async def _control(
+        self,
+        tenant_id: str,
+        run_id: str,
+        operation: str,
+        body: dict[str, Any],
+        idempotency_key: str,
+        action: Callable[[RunScheduler], None],
+    ) -> RunView:
+        request_hash = _hash(operation, run_id, body)
+
+        async def work(session: AsyncSession) -> tuple[RunView, list[RunState]]:
+            now = self._clock()
+            state, scheduler = await self._load(session, tenant_id, run_id, now)
+            # Looked up under the run lock: a concurrent duplicate waits, then replays.
+            replay = await self._replay(session, tenant_id, idempotency_key, request_hash)
+            if replay is not None:
+                return replay, []
+            action(scheduler)
+            await repo.save_state(session, state)
+            view = run_view(state.run, step_views(state.run, state.rows.values()))
+            await self._remember_answer(session, tenant_id, idempotency_key, request_hash, view, now)
+            return view, [state]
+
+        return await self._write_and_publish(work)
+
+    async def _replay(
+        self, session: AsyncSession, tenant_id: str, key: str, request_hash: str
+    ) -> RunView | None:
+        if not key:
+            return None
+        stored = await repo.get_idempotency_key(session, tenant_id, key)
+        if stored is None:
+            return None
+        stored_hash, response = stored
+        if stored_hash != request_hash:
+            raise ValidationError(
+                "this Idempotency-Key was used with a different request",
+                [FieldViolation("idempotency_key", "already used with a different request")],
+            )
+        return run_view_from_json(response)
+
+    async def _remember_answer(
+        self, session: AsyncSession, tenant_id: str, key: str, request_hash: str, view: RunView, now: dt.datetime
+    ) -> None:
+        if key:
+            await repo.put_idempotency_key(session, tenant_id, key, request_hash, run_view_to_json(view), now)
+
+    async def _write_and_publish(
+        self, work: Callable[[AsyncSession], Awaitable[tuple[T, list[RunState]]]]
+    ) -> T:
+        """Runs a write transaction returning (result, states), then notifies. A duplicate
+        idempotency key (a concurrent request committed first) runs the work again, which
+        then replays the stored answer."""
+        try:
+            result, states = await self._db.write(work)
+        except IntegrityError:
+            result, states = await self._db.write(work)
+        await self._publish(states)
+        return result
+
+    async def _publish(self, states: list[RunState]) -> None:
+        messages: list[tuple[str, str]] = []
+        wake = False
+        for state in states:
+            run = state.run
+            if state.events:
+                messages.append((EVENTS_TOPIC, f"{run.tenant_id} {run.id} {run.last_seq}"))
+            if state.abort_in_flight:
+                messages.append((CANCEL_TOPIC, run.id))
+            # Any ready task (even a future one: sleepers must shorten their sleep).
+            wake = wake or any(
+                (isinstance(op, UpsertTask) and op.state is TaskState.READY) or isinstance(op, ReleaseRunTasks)
+                for op in state.task_ops
+            )
+        if wake:
+            messages.append((TASKS_TOPIC, ""))
+        if messages:
+            try:
+                await self._notifier.publish(messages)
+            except Exception:
+                # Committed is committed; a lost wake-up costs one fallback poll.
+                logger.exception("could not publish notifications")
+
+
+def _hash(*parts: Any) -> str:
+    raw = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _check_input(definition: WorkflowDef, run_input: Any) -> None:
+    """ValidationError (422) with a field path per problem when the input breaks the schema."""
+    schema = definition.input_schema
+    if not schema:
+        return
+    try:
+        validator_class = jsonschema.validators.validator_for(schema)
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValidationError(
+            "the workflow's input_schema is not a valid JSON Schema",
+            [FieldViolation("input_schema", exc.message)],
+        ) from exc
+    errors = sorted(validator_class(schema).iter_errors(run_input), key=lambda e: list(e.absolute_path))
+    if errors:
+        violations = [
+            FieldViolation(
+                "input" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path),
+                error.message,
+            )
+            for error in errors
+        ]
+        raise ValidationError("input does not match the workflow's input_schema", violations)

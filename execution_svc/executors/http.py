@@ -1,0 +1,234 @@
+"""Executors of remote steps over HTTP: `agent` (the agent protocol of API.md) and `http`.
+
+One aiohttp ClientSession (one connection pool) serves every call. Each attempt runs under a
+*total* deadline covering connect, headers and body, so an agent that drips its answer one
+byte at a time still times out. Outcomes are classified for the scheduler: 2xx succeeds;
+429, 5xx, timeouts and connection errors are retryable (honouring `Retry-After`); any other
+status fails at once. Bodies over `max_output_bytes` fail the step instead of bloating rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from execution_svc.domain.definition import RetryOverrides, StepType
+from execution_svc.domain.models import RunError
+from execution_svc.domain.ports import AgentDirectory, Clock, StepCall, StepFailed, StepResult, StepSucceeded
+from execution_svc.domain.scheduler import attempt_timeout_ms
+from flowforge_common.errors import DomainError, NotFoundError
+from flowforge_common.orm import utcnow
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+# A Retry-After beyond this is read as this: an agent must not park a step for days.
+MAX_RETRY_AFTER_MS = 3_600_000
+_ERROR_SNIPPET_BYTES = 512
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
+class OutputTooLargeError(Exception):
+    """The response body is over the configured limit."""
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> int | None:
+    """`Retry-After` (delta seconds or an HTTP date) in ms, capped; None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(int(value) * 1000, MAX_RETRY_AFTER_MS)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return min(max(0, int((when - now).total_seconds() * 1000)), MAX_RETRY_AFTER_MS)
+
+
+class HttpStepExecutor:
+    """Executes `agent` and `http` step attempts."""
+
+    def __init__(
+        self,
+        directory: AgentDirectory,
+        *,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_connections: int = 512,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._directory = directory
+        self._max_output_bytes = max_output_bytes
+        self._max_connections = max_connections
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Opens the shared connection pool."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60)
+            # Deadlines are enforced per attempt below, not by aiohttp's defaults.
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False
+            )
+
+    async def close(self) -> None:
+        """Closes the pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def execute(self, call: StepCall) -> StepResult:
+        """See `StepExecutor.execute`."""
+        if call.type is StepType.AGENT:
+            return await self._call_agent(call)
+        if call.type is StepType.HTTP:
+            return await self._call_http(call)
+        return StepFailed(RunError("UNSUPPORTED_STEP_TYPE", f"no executor for {call.type} steps"), retryable=False)
+
+    async def _call_agent(self, call: StepCall) -> StepResult:
+        try:
+            agent = await self._directory.resolve(call.tenant_id, call.agent or "")
+        except NotFoundError as exc:
+            return StepFailed(RunError("AGENT_NOT_FOUND", exc.message), retryable=False)
+        except DomainError as exc:
+            # The directory itself is unreachable: the agent may well exist, so retry.
+            return StepFailed(RunError("AGENT_DIRECTORY_UNAVAILABLE", exc.message), retryable=True)
+        body = {"run_id": call.run_id, "step_id": call.step_id, "attempt": call.attempt, "input": call.input}
+        if call.item_index >= 0:
+            body["index"] = call.item_index
+        return await self._request(
+            "POST",
+            agent.url,
+            headers=dict(agent.headers),
+            body=body,
+            call=call,
+            timeout_ms=attempt_timeout_ms(call, agent.timeout_ms, self._clock()),
+            defaults=agent.retry,
+            code_prefix="AGENT_HTTP",
+            who=f"agent {agent.name!r}",
+            unwrap=True,
+        )
+
+    async def _call_http(self, call: StepCall) -> StepResult:
+        url = call.config.get("url")
+        if not isinstance(url, str) or not url:
+            return StepFailed(RunError("BAD_CONFIG", "http steps need config.url"), retryable=False)
+        method = str(call.config.get("method") or "POST").upper()
+        raw_headers = call.config.get("headers") or {}
+        headers = {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, Mapping) else {}
+        return await self._request(
+            method,
+            url,
+            headers=headers,
+            body=None if method in _BODYLESS_METHODS else call.input,
+            call=call,
+            timeout_ms=attempt_timeout_ms(call, None, self._clock()),
+            defaults=RetryOverrides(),
+            code_prefix="HTTP",
+            who=f"{method} {url}",
+            unwrap=False,
+        )
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        body: Any,
+        call: StepCall,
+        timeout_ms: int,
+        defaults: RetryOverrides,
+        code_prefix: str,
+        who: str,
+        unwrap: bool,
+    ) -> StepResult:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        headers["Idempotency-Key"] = call.idempotency_key
+        kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
+        if body is not None:
+            kwargs["json"] = body
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                async with self._session.request(method, url, **kwargs) as response:
+                    if 200 <= response.status < 300:
+                        raw = await self._read(response, self._max_output_bytes)
+                        return self._success(raw, response, who=who, unwrap=unwrap, defaults=defaults)
+                    snippet = await self._read(response, _ERROR_SNIPPET_BYTES, truncate=True)
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+                    status = response.status
+        except TimeoutError:
+            return StepFailed(
+                RunError("TIMEOUT", f"{who} gave no complete answer within {timeout_ms} ms"),
+                retryable=True,
+                defaults=defaults,
+            )
+        except OutputTooLargeError:
+            return StepFailed(
+                RunError("OUTPUT_TOO_LARGE", f"{who} answered more than {self._max_output_bytes} bytes"),
+                retryable=False,
+                defaults=defaults,
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            return StepFailed(
+                RunError("CONNECTION_ERROR", f"{who}: {type(exc).__name__}: {exc}"), retryable=True, defaults=defaults
+            )
+        detail = snippet.decode("utf-8", "replace").strip()
+        message = f"{who} answered HTTP {status}" + (f": {detail}" if detail else "")
+        if 300 <= status < 400:
+            message += " (redirects are not followed)"
+        return StepFailed(
+            RunError(f"{code_prefix}_{status}", message),
+            retryable=status == 429 or status >= 500,
+            retry_after_ms=retry_after,
+            status_code=status,
+            defaults=defaults,
+        )
+
+    def _success(
+        self, raw: bytes, response: aiohttp.ClientResponse, *, who: str, unwrap: bool, defaults: RetryOverrides
+    ) -> StepResult:
+        if not raw.strip():
+            return StepSucceeded(None)
+        try:
+            output = json.loads(raw)
+        except ValueError:
+            if unwrap:
+                return StepFailed(
+                    RunError("AGENT_BAD_RESPONSE", f"{who} answered HTTP {response.status} with non-JSON"),
+                    retryable=False,
+                    defaults=defaults,
+                )
+            return StepSucceeded(raw.decode("utf-8", "replace"))
+        if unwrap and isinstance(output, dict) and "output" in output:
+            output = output["output"]
+        return StepSucceeded(output)
+
+    @staticmethod
+    async def _read(response: aiohttp.ClientResponse, limit: int, *, truncate: bool = False) -> bytes:
+        """The body, refusing (or, with `truncate`, cutting) anything over `limit` bytes
+        without buffering more than that."""
+        if not truncate and response.content_length is not None and response.content_length > limit:
+            raise OutputTooLargeError
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                if truncate:
+                    break
+                raise OutputTooLargeError
+        return b"".join(chunks)[:limit] if truncate else b"".join(chunks)
