@@ -1,0 +1,172 @@
+"""The edge's middlewares (request id -> metrics -> errors -> CORS preflight) and the headers
+every response carries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from http import HTTPStatus
+
+import grpc
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from edge.metrics import METRICS_KEY, UNMATCHED_ROUTE
+from edge.problems import ProblemError, problem_from_rpc_error, problem_response
+from edge.settings import SETTINGS_KEY
+from flowforge_common.ids import new_id
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's id is echoed only when it is short and plain: it lands in logs and headers.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    # JSON needs no sources at all; /docs sets a looser policy of its own.
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    # Instead of aiohttp's default, which advertises the Python and aiohttp versions.
+    "Server": "FlowForge",
+}
+CORS_ALLOWED_HEADERS = (
+    "Authorization, Content-Type, X-API-Key, X-Request-ID, Idempotency-Key, If-Match, "
+    "traceparent, tracestate, Last-Event-ID"
+)
+CORS_EXPOSED_HEADERS = (
+    "X-Request-ID, Location, ETag, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+)
+# Headers of an aiohttp HTTPException that the problem response keeps.
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Gives the request an id: the client's `X-Request-ID` when sane, else a new one. The
+    response header is set in `add_standard_headers`, so streamed responses carry it too."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request[REQUEST_ID_KEY] = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_id("req")
+    return await handler(request)
+
+
+def route_label(request: web.Request) -> str:
+    """The route template a request matched (bounded cardinality), for metrics and logs."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts requests and their latency by method, route template and final status."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's convention)
+        raise
+    finally:
+        request.app[METRICS_KEY].observe(request.method, route_label(request), status, time.perf_counter() - started)
+
+
+def _problem_from_http_exception(request: web.Request, exc: web.HTTPException) -> ProblemError:
+    headers = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
+    if isinstance(exc, web.HTTPNotFound):
+        detail = f"no route matches {request.method} {request.path}"
+    elif isinstance(exc, web.HTTPMethodNotAllowed):
+        detail = f"{request.method} is not allowed here; allowed: {', '.join(sorted(exc.allowed_methods))}"
+    elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+        detail = f"the request body exceeds {request.app[SETTINGS_KEY].max_body_bytes} bytes"
+    else:
+        detail = exc.reason
+    return ProblemError(exc.status, detail, HTTPStatus(exc.status).name, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place failures become RFC 9457 problem+json: ProblemError, upstream gRPC
+    errors (through GRPC_TO_HTTP), aiohttp's own HTTP errors (404, 405, 413) and crashes
+    (logged once, answered 500 without internals)."""
+    request_id = request[REQUEST_ID_KEY]
+    try:
+        return await handler(request)
+    except ProblemError as error:
+        problem = error
+    except grpc.aio.AioRpcError as error:
+        problem = problem_from_rpc_error(error)
+        if problem.status >= 500:
+            logger.warning(
+                "upstream call failed: %s %s",
+                error.code().name,
+                route_label(request),
+                extra={
+                    "request_id": request_id,
+                    "route": route_label(request),
+                    "code": error.code().name,
+                    "upstream_detail": error.details(),
+                },
+            )
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        problem = _problem_from_http_exception(request, error)
+    except Exception:
+        logger.exception(
+            "unhandled error", extra={"request_id": request_id, "method": request.method, "route": route_label(request)}
+        )
+        problem = ProblemError(500, "The server failed to handle the request.", "INTERNAL")
+    return problem_response(problem, request_id)
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    allowed = request.app[SETTINGS_KEY].cors_origins
+    if origin and (origin in allowed or "*" in allowed):
+        return origin
+    return None
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers CORS preflights for allowed origins. The router has no OPTIONS routes, so a
+    preflight arrives as a 405 whose allowed methods are exactly what to advertise."""
+    exc = request.match_info.http_exception
+    if (
+        request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+        and isinstance(exc, web.HTTPMethodNotAllowed)
+        and _allowed_origin(request) is not None
+    ):
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": ", ".join(sorted(exc.allowed_methods)),
+                "Access-Control-Allow-Headers": CORS_ALLOWED_HEADERS,
+                "Access-Control-Max-Age": "600",
+            },
+        )
+    return await handler(request)
+
+
+async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: request id, security headers and CORS on every response, streamed
+    or not, whichever code path produced it."""
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    origin = _allowed_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+        response.headers.add("Vary", "Origin")
