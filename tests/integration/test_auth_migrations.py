@@ -1,0 +1,29 @@
+"""auth_svc's migrations build exactly the schema its ORM describes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection
+
+from auth_svc.db.orm import metadata
+from auth_svc.server import MIGRATIONS
+from auth_svc.settings import AuthSettings
+from flowforge_common import db
+from tests.fixtures.databases import DatabaseTarget
+
+
+def schema_drift(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, metadata))
+
+
+async def test_migrations_match_the_orm(database: DatabaseTarget) -> None:
+    settings = AuthSettings(database_url=database.url, db_schema=database.schema, data_dir=database.data_dir)
+    engine = db.create_engine(settings.database_url, schema=settings.schema(), sqlite_path=settings.sqlite_path())
+    try:
+        await db.migrate(engine, migrations=MIGRATIONS, schema=settings.schema())
+        async with engine.connect() as conn:
+            assert await conn.run_sync(schema_drift) == []
+    finally:
+        await engine.dispose()
