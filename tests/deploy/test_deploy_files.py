@@ -83,6 +83,14 @@ def test_kubernetes_deployment_and_service_agree(component: str) -> None:
     main_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "main")
     env = {v["name"]: v.get("value") for v in container["env"]}
     assert any(value == str(main_port) for name, value in env.items() if name.endswith("_PORT"))
+    # Prometheus scrapes a port that serves metrics: the edge's own `/metrics`, a service's metrics port.
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    scraped = int(annotations["prometheus.io/port"])
+    if component == "edge":
+        assert (scraped, annotations["prometheus.io/path"]) == (main_port, "/metrics")
+    else:
+        assert env[f"FLOWFORGE_{component.upper()}_METRICS_PORT"] == str(scraped)
+        assert scraped in {p["containerPort"] for p in container["ports"]}
     for probe in ("readinessProbe", "livenessProbe"):
         spec = container[probe]
         if component == "edge":
