@@ -495,6 +495,31 @@ def json_to_message(
     return named
 
 
+def patch_paths(descriptor: Descriptor, data: Mapping[str, JsonValue], prefix: str = "") -> list[str]:
+    """The `update_mask` paths a PATCH body names, JSON Merge Patch style (RFC 7396): a nested
+    object of a plain message field names its leaves (`retry_config.max_retries`), so the
+    siblings it leaves out keep their values. Free-form JSON (Struct), well-known types, maps and
+    lists are replaced whole. Call after `json_to_message` has accepted the same data."""
+    paths: list[str] = []
+    for key, value in data.items():
+        field = field_named(descriptor, key)
+        if field is None:
+            continue
+        path = f"{prefix}{field.name}"
+        nested = field.message_type
+        if (
+            isinstance(value, dict)
+            and value
+            and nested is not None
+            and not field.is_repeated
+            and not nested.full_name.startswith("google.")
+        ):
+            paths.extend(patch_paths(nested, value, f"{path}."))
+        else:
+            paths.append(path)
+    return paths
+
+
 # --------------------------------------------------------------------------- input: text
 
 

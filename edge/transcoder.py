@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
@@ -300,8 +300,8 @@ def _split(field: FieldDescriptor, value: str) -> list[str]:
     return [value] if value.strip() else []
 
 
-def _apply_body(binding: HttpBinding, parts: HttpRequestParts, message: Message) -> list[FieldDescriptor] | None:
-    """Fills the body's fields; returns the fields the body object named (for update_mask)."""
+def _apply_body(binding: HttpBinding, parts: HttpRequestParts, message: Message) -> list[str] | None:
+    """Fills the body's fields; returns the field paths the body object named (for update_mask)."""
     target = binding.body_field
     if target is not None and target.message_type is not None and target.message_type.full_name == jsonmap.HTTP_BODY:
         raw = getattr(message, target.name)
@@ -314,7 +314,7 @@ def _apply_body(binding: HttpBinding, parts: HttpRequestParts, message: Message)
     elif JSON_TYPES.fullmatch(parts.content_type):
         document = _load_json(parts.body)
     elif binding.form_body and parts.content_type == FORM_TYPE:
-        return _apply_form(binding, parts.body, message)
+        return [field.name for field in _apply_form(binding, parts.body, message)]
     else:
         accepted = "application/json" + (f", {FORM_TYPE}" if binding.form_body else "")
         # RFC 9110 section 15.5.16: say which media types the method would have accepted.
@@ -327,14 +327,16 @@ def _apply_body(binding: HttpBinding, parts: HttpRequestParts, message: Message)
             reserved = {
                 field.name: f"send it as the {header} header" for header, field in binding.header_fields.items()
             }
-            return jsonmap.json_to_message(document, message, reserved=reserved)
+            jsonmap.json_to_message(document, message, reserved=reserved)
+            return jsonmap.patch_paths(jsonmap.descriptor_of(message), cast(dict[str, JsonValue], document))
         if target.type == FieldDescriptor.TYPE_MESSAGE and not target.is_repeated:
             sub = getattr(message, target.name)
             sub.SetInParent()
             if jsonmap.descriptor_of(sub).full_name.startswith("google."):
                 jsonmap.set_field_from_json(message, target, document, "body")
                 return None
-            return jsonmap.json_to_message(document, sub)
+            jsonmap.json_to_message(document, sub)
+            return jsonmap.patch_paths(jsonmap.descriptor_of(sub), cast(dict[str, JsonValue], document))
         jsonmap.set_field_from_json(message, target, document, "body")
     except FieldError as error:
         raise _field_problem(error) from error
@@ -402,16 +404,18 @@ def _selection(binding: HttpBinding, query: MultiMapping[str]) -> tuple[str, ...
 def transcode_request(binding: HttpBinding, parts: HttpRequestParts) -> TranscodedRequest:
     """Builds the request message of `binding` from an HTTP request; ProblemError on a bad one."""
     message = binding.request_class()
-    body_fields = _apply_body(binding, parts, message) if binding.body else None
+    body_paths = _apply_body(binding, parts, message) if binding.body else None
     _apply_path(binding, parts.path_params, message)
     _apply_text_params(binding, message, parts.query, what="query parameter", from_body=False)
     _apply_headers(binding, parts.headers, message)
     mask_field = binding.update_mask_field
-    if mask_field is not None and body_fields is not None:
+    if mask_field is not None and body_paths is not None:
         mask = getattr(message, mask_field.name)
         if not mask.paths:
             path_tops = {chain[0].name for chain in binding.path_fields.values()}
-            mask.paths.extend(f.name for f in body_fields if f.name not in path_tops and f.name != mask_field.name)
+            mask.paths.extend(
+                path for path in body_paths if path.split(".", 1)[0] not in path_tops and path != mask_field.name
+            )
     return TranscodedRequest(message, _selection(binding, parts.query))
 
 

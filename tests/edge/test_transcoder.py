@@ -172,8 +172,17 @@ def test_body_field_fills_that_field_and_derives_the_update_mask() -> None:
     )
     message: Any = request.message
     assert message.id == "a1" and message.agent.name == "n"
-    assert list(message.update_mask.paths) == ["name", "retry_config"]
+    # Merge-patch semantics: a nested object names its leaves, so its other fields keep their values.
+    assert list(message.update_mask.paths) == ["name", "retry_config.max_retries"]
     assert message.etag == "e1"
+
+
+def test_free_form_and_emptied_objects_are_replaced_whole() -> None:
+    request = transcode_request(
+        binding("flowforge.workflow.v1.AgentService.UpdateAgent"),
+        parts(path={"id": "a1"}, body={"auth_config": {"token": "t"}, "retry_config": {}}),
+    )
+    assert list(request.message.update_mask.paths) == ["auth_config", "retry_config"]  # type: ignore[attr-defined]
 
 
 def test_an_explicit_update_mask_is_kept() -> None:

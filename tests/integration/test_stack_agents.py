@@ -55,6 +55,13 @@ async def test_agent_lifecycle_over_rest(stack: Stack) -> None:
     assert patched["url"] == AGENT["url"]  # fields absent from the PATCH body stay
     assert patched["etag"] != agent["etag"]
 
+    response = await stack.client.patch(
+        f"/api/v1/agents/{agent['id']}", json={"retry_config": {"max_retries": 7}}, headers=member.headers
+    )
+    assert response.status == 200, await response.text()
+    retry = (await response.json())["retry_config"]
+    assert (retry["max_retries"], retry["initial_delay_ms"], retry["max_delay_ms"]) == (7, 1000, 30000)
+
     stale = {**member.headers, "If-Match": f'"{agent["etag"]}"'}
     response = await stack.client.patch(f"/api/v1/agents/{agent['id']}", json={"description": "x"}, headers=stale)
     assert response.status == 412
