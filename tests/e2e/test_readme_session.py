@@ -39,3 +39,9 @@ def test_readme_walkthrough_runs_verbatim(stack: Stack, tmp_path: Path) -> None:
     assert '"has_credentials": true' in out or '"has_credentials":true' in out
     assert "s3cr3t" not in out  # agent credentials are write-only
     assert '"next_page_token"' in out
+    assert '"plan": [["fetch"], ["summarize", "classify"], ["notify"]]' in out  # dry-run validation
+    assert "cycle: a -> b -> a" in out and '"field": "steps[1].input"' in out
+    assert "PUT -> 200" in out and '"status": 412' in out
+    assert '"version": 2' in out and '"version": 1' in out
+    assert "digest version 1 ['process', 'combine']" in out
+    assert '"status": "succeeded", "output": {"n": 3}' in out

@@ -279,6 +279,42 @@ async def test_every_problem_is_reported_at_once(stub: Stub, editor: Metadata) -
     }
 
 
+async def test_sub_workflows_must_name_a_workflow_of_the_tenant(
+    stub: Stub, editor: Metadata, outsider: Metadata
+) -> None:
+    child = (
+        await stub.CreateWorkflow(
+            pb.CreateWorkflowRequest(workflow=workflow_message(transforms("child", "x"))), metadata=editor
+        )
+    ).workflow
+    foreign = (
+        await stub.CreateWorkflow(
+            pb.CreateWorkflowRequest(workflow=workflow_message(transforms("theirs", "x"))), metadata=outsider
+        )
+    ).workflow
+
+    def parent(workflow_id: str, version: int | None = None) -> dict[str, Any]:
+        config: dict[str, Any] = {"workflow_id": workflow_id} | ({"version": version} if version else {})
+        return {"name": "parent", "steps": [{"id": "child", "type": "sub_workflow", "config": config}]}
+
+    cases = [
+        (parent("wf_missing"), "workflow 'wf_missing' does not exist"),
+        (parent(foreign.id), f"workflow {foreign.id!r} does not exist"),  # another tenant's is invisible
+        (parent(child.id, 2), f"version 2 of workflow {child.id!r} does not exist"),
+    ]
+    for definition, message in cases:
+        error = await failure(
+            stub.CreateWorkflow(pb.CreateWorkflowRequest(workflow=workflow_message(definition)), metadata=editor)
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_details(error)[1] == {"steps[0].config.workflow_id": message}
+
+    created = await stub.CreateWorkflow(
+        pb.CreateWorkflowRequest(workflow=workflow_message(parent(child.id, 1))), metadata=editor
+    )
+    assert created.workflow.version == 1
+
+
 async def test_versions_are_immutable(stub: Stub, editor: Metadata) -> None:
     definitions = [transforms("flow", "a")]
     definitions.append({**transforms("flow", "a", "b"), "description": "second"})

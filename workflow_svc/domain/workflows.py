@@ -284,8 +284,31 @@ async def _checked(session: AsyncSession, tenant_id: str, definition: Mapping[st
     """Validates a definition against the tenant's agents as they are in this transaction."""
     statuses = await agent_repository.agent_statuses(session, tenant_id, referenced_agents(definition))
     report = validate_definition(definition, agent_lookup=lambda _names: statuses)
+    report.errors.extend(await _sub_workflow_violations(session, tenant_id, definition))
     report.errors.extend(_nul_violations(definition, ""))
     return report
+
+
+async def _sub_workflow_violations(
+    session: AsyncSession, tenant_id: str, definition: Mapping[str, Any]
+) -> list[FieldViolation]:
+    """`sub_workflow` steps must name a live workflow (and version) of the tenant. A child that
+    does not exist would otherwise only fail when a run reaches the step. Ids given by an
+    expression are checked when the run evaluates them."""
+    steps = definition.get("steps")
+    violations: list[FieldViolation] = []
+    for index, step in enumerate(steps if isinstance(steps, list) else []):
+        config = step.get("config") if isinstance(step, Mapping) else None
+        if step.get("type") != "sub_workflow" or not isinstance(config, Mapping):
+            continue
+        workflow_id, version = config.get("workflow_id"), config.get("version")
+        if not isinstance(workflow_id, str) or not workflow_id or "{{" in workflow_id:
+            continue  # a missing or mistyped id is the step type's schema problem, reported already
+        pinned = version if isinstance(version, int) and not isinstance(version, bool) else None
+        if await repository.get_workflow(session, tenant_id, workflow_id, version=pinned) is None:
+            what = f"version {pinned} of workflow {workflow_id!r}" if pinned else f"workflow {workflow_id!r}"
+            violations.append(FieldViolation(f"steps[{index}].config.workflow_id", f"{what} does not exist"))
+    return violations
 
 
 def _nul_violations(value: Any, path: str) -> list[FieldViolation]:
