@@ -141,10 +141,11 @@ class Harness:
 
 @pytest.fixture
 async def harness(engine_db: Database, test_agent: TestAgent) -> AsyncIterator[Harness]:  # noqa: F811
-    """An engine with fast timings (1 s leases) over the parametrised database."""
+    """An engine with fast timings (2 s leases: short, yet long enough for a loaded 2-core CI box) over
+    the parametrised database."""
     notifier = InProcessNotifier()
     engine = ExecutionEngine(
-        engine_db, notifier, config=EngineConfig(lease_seconds=1.0, watch_poll_seconds=1.0), rng=random.Random(7)
+        engine_db, notifier, config=EngineConfig(lease_seconds=2.0, watch_poll_seconds=1.0), rng=random.Random(7)
     )
     directory = InMemoryAgentDirectory()
     executor = HttpStepExecutor(directory)

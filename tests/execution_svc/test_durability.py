@@ -75,7 +75,7 @@ async def test_a_worker_killed_mid_run_loses_nothing(harness: Harness) -> None:
 
 
 async def test_heartbeats_keep_attempts_longer_than_the_lease(harness: Harness) -> None:
-    harness.register("slow", "/latency", ms=1600)  # the harness lease is 1 s
+    harness.register("slow", "/latency", ms=3000)  # the harness lease is 2 s
     await harness.start_workers(1)
     run = await harness.wait((await harness.run(chain(1, "slow"))).id)
     assert run.status is RunStatus.SUCCEEDED
