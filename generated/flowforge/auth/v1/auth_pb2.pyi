@@ -175,7 +175,7 @@ class ApiKey(_message.Message):
     prefix: _builtins.str
     """First characters of the key (`ffk_xxxxxxxx`), enough to recognise it in a list."""
     key: _builtins.str
-    """The full secret key. Present only in the response that created it."""
+    """The full secret key. Present only in the response that created it (absent elsewhere)."""
     created_by: _builtins.str
     """Id of the user who created the key."""
     @_builtins.property
@@ -201,17 +201,19 @@ class ApiKey(_message.Message):
         name: _builtins.str = ...,
         prefix: _builtins.str = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
-        key: _builtins.str = ...,
+        key: _builtins.str | None = ...,
         created_by: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_key", b"_key", "created_at", b"created_at", "expires_at", b"expires_at", "key", b"key", "last_used_at", b"last_used_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "key", b"key", "last_used_at", b"last_used_at", "name", b"name", "prefix", b"prefix", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key", b"_key", "created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "key", b"key", "last_used_at", b"last_used_at", "name", b"name", "prefix", b"prefix", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__key: _TypeAlias = _typing.Literal["key"]  # noqa: Y015
+    _WhichOneofArgType__key: _TypeAlias = _typing.Literal["_key", b"_key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key) -> _WhichOneofReturnType__key | None: ...
 
 Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
 
@@ -234,7 +236,7 @@ class ServiceAccount(_message.Message):
     client_id: _builtins.str
     """OAuth client id."""
     client_secret: _builtins.str
-    """OAuth client secret. Present only in the response that created it."""
+    """OAuth client secret. Present only in the response that created it (absent elsewhere)."""
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Scopes its tokens carry."""
@@ -249,15 +251,17 @@ class ServiceAccount(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         client_id: _builtins.str = ...,
-        client_secret: _builtins.str = ...,
+        client_secret: _builtins.str | None = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_secret", b"_client_secret", "client_secret", b"client_secret", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "created_at", b"created_at", "id", b"id", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_secret", b"_client_secret", "client_id", b"client_id", "client_secret", b"client_secret", "created_at", b"created_at", "id", b"id", "name", b"name", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__client_secret: _TypeAlias = _typing.Literal["client_secret"]  # noqa: Y015
+    _WhichOneofArgType__client_secret: _TypeAlias = _typing.Literal["_client_secret", b"_client_secret"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__client_secret) -> _WhichOneofReturnType__client_secret | None: ...
 
 Global___ServiceAccount: _TypeAlias = ServiceAccount  # noqa: Y015
 

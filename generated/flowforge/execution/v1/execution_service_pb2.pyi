@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from flowforge.execution.v1 import execution_pb2 as _execution_pb2
+from flowforge.workflow.v1 import agent_pb2 as _agent_pb2
 from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
@@ -22,6 +23,66 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class GetAgentCallStatsRequest(_message.Message):
+    """Request of GetAgentCallStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_NAME_FIELD_NUMBER: _builtins.int
+    agent_name: _builtins.str
+    """Name of the agent within the caller's tenant."""
+    def __init__(
+        self,
+        *,
+        agent_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentCallStatsRequest: _TypeAlias = GetAgentCallStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetAgentCallStatsResponse(_message.Message):
+    """Response of GetAgentCallStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    RECENT_CALLS_FIELD_NUMBER: _builtins.int
+    RECENT_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    P50_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    circuit: _agent_pb2.CircuitState.ValueType
+    """The agent's circuit breaker in this replica (closed before any call)."""
+    in_flight: _builtins.int
+    """Calls to the agent in progress in this replica."""
+    recent_calls: _builtins.int
+    """Recent calls the figures below are computed from (at most 100); 0 before any call."""
+    recent_success_rate: _builtins.float
+    """Share of successful calls among the recent ones, 0..1."""
+    p50_latency_ms: _builtins.int
+    """Median latency of the recent calls in ms."""
+    def __init__(
+        self,
+        *,
+        circuit: _agent_pb2.CircuitState.ValueType = ...,
+        in_flight: _builtins.int = ...,
+        recent_calls: _builtins.int = ...,
+        recent_success_rate: _builtins.float = ...,
+        p50_latency_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "in_flight", b"in_flight", "p50_latency_ms", b"p50_latency_ms", "recent_calls", b"recent_calls", "recent_success_rate", b"recent_success_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentCallStatsResponse: _TypeAlias = GetAgentCallStatsResponse  # noqa: Y015
 
 @_typing.final
 class ExecuteWorkflowRequest(_message.Message):
@@ -736,10 +797,15 @@ class WatchEventsRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
+    AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Only events of this workflow."""
     run_id: _builtins.str
     """Only events of this run."""
+    after_cursor: _builtins.int
+    """Resume after this position of the event log (a `cursor` from an earlier response): every
+    matching event after it comes first, in log order, then live ones. 0: live events only.
+    """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these event types."""
@@ -750,10 +816,11 @@ class WatchEventsRequest(_message.Message):
         workflow_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
         types: _abc.Iterable[_builtins.str] | None = ...,
+        after_cursor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "types", b"types", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "run_id", b"run_id", "types", b"types", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -766,6 +833,12 @@ class WatchEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """Position of this event in the event log: increasing along the stream (not contiguous:
+    positions of other tenants' and filtered-out events are skipped). Pass the last one
+    received as `after_cursor` to resume right after it.
+    """
     @_builtins.property
     def event(self) -> _execution_pb2.Event:
         """The next event."""
@@ -774,10 +847,11 @@ class WatchEventsResponse(_message.Message):
         self,
         *,
         event: _execution_pb2.Event | None = ...,
+        cursor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -175,6 +175,11 @@ class ExecutionServiceStub:
                 request_serializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.GetAgentCallStats = channel.unary_unary(
+                '/flowforge.execution.v1.ExecutionService/GetAgentCallStats',
+                request_serializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetAgentCallStatsRequest.SerializeToString,
+                response_deserializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetAgentCallStatsResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionServiceServicer:
@@ -267,13 +272,17 @@ class ExecutionServiceServicer:
 
     def WatchRun(self, request, context):
         """Streams a run's events: history after `after_seq` first, then live, in `seq` order, without gaps or duplicates. Ends after the terminal event.
+        A watcher that does not keep up (its bounded buffer stays full) is ended with RESOURCE_EXHAUSTED;
+        it resumes exactly where it was with `after_seq` set to the last `seq` it received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """Streams every event the caller may see, optionally filtered, live.
+        """Streams every event of the caller's tenant, optionally filtered: live from the call on, or, with
+        `after_cursor`, every event after that position first. Each response carries its `cursor`.
+        Ends with RESOURCE_EXHAUSTED when the watcher does not keep up; resume with the last `cursor`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -373,6 +382,15 @@ class ExecutionServiceServicer:
 
     def GetStats(self, request, context):
         """Runs by status and duration percentiles per workflow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgentCallStats(self, request, context):
+        """Internal: what this execution replica knows about its calls to one agent of the tenant:
+        the circuit breaker's state, calls in flight and the recent calls' success rate and median
+        latency. workflow_svc merges it into `GET /api/v1/agents/{id}/status`. No REST route.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -520,6 +538,11 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetStatsRequest.FromString,
                     response_serializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'GetAgentCallStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentCallStats,
+                    request_deserializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetAgentCallStatsRequest.FromString,
+                    response_serializer=flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetAgentCallStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1279,6 +1302,33 @@ class ExecutionService:
             '/flowforge.execution.v1.ExecutionService/GetStats',
             flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetStatsRequest.SerializeToString,
             flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgentCallStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowforge.execution.v1.ExecutionService/GetAgentCallStats',
+            flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetAgentCallStatsRequest.SerializeToString,
+            flowforge_dot_execution_dot_v1_dot_execution__service__pb2.GetAgentCallStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

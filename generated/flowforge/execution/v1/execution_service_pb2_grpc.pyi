@@ -58,9 +58,15 @@ class ExecutionServiceStub:
     ListRunLogs: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ListRunLogsRequest, _execution_service_pb2.ListRunLogsResponse]
     """Lists a run's log lines in order."""
     WatchRun: _grpc.UnaryStreamMultiCallable[_execution_service_pb2.WatchRunRequest, _execution_service_pb2.WatchRunResponse]
-    """Streams a run's events: history after `after_seq` first, then live, in `seq` order, without gaps or duplicates. Ends after the terminal event."""
+    """Streams a run's events: history after `after_seq` first, then live, in `seq` order, without gaps or duplicates. Ends after the terminal event.
+    A watcher that does not keep up (its bounded buffer stays full) is ended with RESOURCE_EXHAUSTED;
+    it resumes exactly where it was with `after_seq` set to the last `seq` it received.
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_execution_service_pb2.WatchEventsRequest, _execution_service_pb2.WatchEventsResponse]
-    """Streams every event the caller may see, optionally filtered, live."""
+    """Streams every event of the caller's tenant, optionally filtered: live from the call on, or, with
+    `after_cursor`, every event after that position first. Each response carries its `cursor`.
+    Ends with RESOURCE_EXHAUSTED when the watcher does not keep up; resume with the last `cursor`.
+    """
     CreateSchedule: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.CreateScheduleRequest, _execution_service_pb2.CreateScheduleResponse]
     """Creates a cron schedule; one run per tick however many replicas run."""
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ListSchedulesRequest, _execution_service_pb2.ListSchedulesResponse]
@@ -91,6 +97,11 @@ class ExecutionServiceStub:
     """Queues a delivery again."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetStatsRequest, _execution_service_pb2.GetStatsResponse]
     """Runs by status and duration percentiles per workflow."""
+    GetAgentCallStats: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetAgentCallStatsRequest, _execution_service_pb2.GetAgentCallStatsResponse]
+    """Internal: what this execution replica knows about its calls to one agent of the tenant:
+    the circuit breaker's state, calls in flight and the recent calls' success rate and median
+    latency. workflow_svc merges it into `GET /api/v1/agents/{id}/status`. No REST route.
+    """
 
 @_typing.type_check_only
 class ExecutionServiceAsyncStub(ExecutionServiceStub):
@@ -122,9 +133,15 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     ListRunLogs: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ListRunLogsRequest, _execution_service_pb2.ListRunLogsResponse]  # type: ignore[assignment]
     """Lists a run's log lines in order."""
     WatchRun: _aio.UnaryStreamMultiCallable[_execution_service_pb2.WatchRunRequest, _execution_service_pb2.WatchRunResponse]  # type: ignore[assignment]
-    """Streams a run's events: history after `after_seq` first, then live, in `seq` order, without gaps or duplicates. Ends after the terminal event."""
+    """Streams a run's events: history after `after_seq` first, then live, in `seq` order, without gaps or duplicates. Ends after the terminal event.
+    A watcher that does not keep up (its bounded buffer stays full) is ended with RESOURCE_EXHAUSTED;
+    it resumes exactly where it was with `after_seq` set to the last `seq` it received.
+    """
     WatchEvents: _aio.UnaryStreamMultiCallable[_execution_service_pb2.WatchEventsRequest, _execution_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
-    """Streams every event the caller may see, optionally filtered, live."""
+    """Streams every event of the caller's tenant, optionally filtered: live from the call on, or, with
+    `after_cursor`, every event after that position first. Each response carries its `cursor`.
+    Ends with RESOURCE_EXHAUSTED when the watcher does not keep up; resume with the last `cursor`.
+    """
     CreateSchedule: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.CreateScheduleRequest, _execution_service_pb2.CreateScheduleResponse]  # type: ignore[assignment]
     """Creates a cron schedule; one run per tick however many replicas run."""
     ListSchedules: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ListSchedulesRequest, _execution_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
@@ -155,6 +172,11 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     """Queues a delivery again."""
     GetStats: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetStatsRequest, _execution_service_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Runs by status and duration percentiles per workflow."""
+    GetAgentCallStats: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetAgentCallStatsRequest, _execution_service_pb2.GetAgentCallStatsResponse]  # type: ignore[assignment]
+    """Internal: what this execution replica knows about its calls to one agent of the tenant:
+    the circuit breaker's state, calls in flight and the recent calls' success rate and median
+    latency. workflow_svc merges it into `GET /api/v1/agents/{id}/status`. No REST route.
+    """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs: execution, control, logs, live events, schedules and webhooks."""
@@ -261,7 +283,10 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_service_pb2.WatchRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_execution_service_pb2.WatchRunResponse], _abc.AsyncIterator[_execution_service_pb2.WatchRunResponse]]:
-        """Streams a run's events: history after `after_seq` first, then live, in `seq` order, without gaps or duplicates. Ends after the terminal event."""
+        """Streams a run's events: history after `after_seq` first, then live, in `seq` order, without gaps or duplicates. Ends after the terminal event.
+        A watcher that does not keep up (its bounded buffer stays full) is ended with RESOURCE_EXHAUSTED;
+        it resumes exactly where it was with `after_seq` set to the last `seq` it received.
+        """
 
     @_abc_1.abstractmethod
     def WatchEvents(
@@ -269,7 +294,10 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_service_pb2.WatchEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_execution_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_execution_service_pb2.WatchEventsResponse]]:
-        """Streams every event the caller may see, optionally filtered, live."""
+        """Streams every event of the caller's tenant, optionally filtered: live from the call on, or, with
+        `after_cursor`, every event after that position first. Each response carries its `cursor`.
+        Ends with RESOURCE_EXHAUSTED when the watcher does not keep up; resume with the last `cursor`.
+        """
 
     @_abc_1.abstractmethod
     def CreateSchedule(
@@ -384,5 +412,16 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_service_pb2.GetStatsResponse, _abc.Awaitable[_execution_service_pb2.GetStatsResponse]]:
         """Runs by status and duration percentiles per workflow."""
+
+    @_abc_1.abstractmethod
+    def GetAgentCallStats(
+        self,
+        request: _execution_service_pb2.GetAgentCallStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.GetAgentCallStatsResponse, _abc.Awaitable[_execution_service_pb2.GetAgentCallStatsResponse]]:
+        """Internal: what this execution replica knows about its calls to one agent of the tenant:
+        the circuit breaker's state, calls in flight and the recent calls' success rate and median
+        latency. workflow_svc merges it into `GET /api/v1/agents/{id}/status`. No REST route.
+        """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -71,6 +71,11 @@ class AgentServiceStub:
                 request_serializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.GetAgentStatusRequest.SerializeToString,
                 response_deserializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.GetAgentStatusResponse.FromString,
                 _registered_method=True)
+        self.ResolveAgent = channel.unary_unary(
+                '/flowforge.workflow.v1.AgentService/ResolveAgent',
+                request_serializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.ResolveAgentRequest.SerializeToString,
+                response_deserializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.ResolveAgentResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -127,6 +132,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveAgent(self, request, context):
+        """Internal: how to call the tenant's active agent `name`, decrypted credentials included.
+        Only FlowForge's own services hold the `internal` scope (a service token plus the tenant in
+        metadata); it has no REST route, and users, API keys and admins can never call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +178,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.GetAgentStatus,
                     request_deserializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.GetAgentStatusRequest.FromString,
                     response_serializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.GetAgentStatusResponse.SerializeToString,
+            ),
+            'ResolveAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveAgent,
+                    request_deserializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.ResolveAgentRequest.FromString,
+                    response_serializer=flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.ResolveAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +376,33 @@ class AgentService:
             '/flowforge.workflow.v1.AgentService/GetAgentStatus',
             flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.GetAgentStatusRequest.SerializeToString,
             flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.GetAgentStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowforge.workflow.v1.AgentService/ResolveAgent',
+            flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.ResolveAgentRequest.SerializeToString,
+            flowforge_dot_workflow_dot_v1_dot_agent__service__pb2.ResolveAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class AgentServiceStub:
     """Probes the agent's health endpoint now, with its timeout and credentials."""
     GetAgentStatus: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.GetAgentStatusRequest, _agent_service_pb2.GetAgentStatusResponse]
     """What the execution engine reports about the agent: load, success rate, latency, circuit."""
+    ResolveAgent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.ResolveAgentRequest, _agent_service_pb2.ResolveAgentResponse]
+    """Internal: how to call the tenant's active agent `name`, decrypted credentials included.
+    Only FlowForge's own services hold the `internal` scope (a service token plus the tenant in
+    metadata); it has no REST route, and users, API keys and admins can never call it.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -71,6 +76,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Probes the agent's health endpoint now, with its timeout and credentials."""
     GetAgentStatus: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.GetAgentStatusRequest, _agent_service_pb2.GetAgentStatusResponse]  # type: ignore[assignment]
     """What the execution engine reports about the agent: load, success rate, latency, circuit."""
+    ResolveAgent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.ResolveAgentRequest, _agent_service_pb2.ResolveAgentResponse]  # type: ignore[assignment]
+    """Internal: how to call the tenant's active agent `name`, decrypted credentials included.
+    Only FlowForge's own services hold the `internal` scope (a service token plus the tenant in
+    metadata); it has no REST route, and users, API keys and admins can never call it.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registry of the HTTP agents that workflow steps call. Tenant-scoped: another tenant's agent
@@ -132,5 +142,16 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.GetAgentStatusResponse, _abc.Awaitable[_agent_service_pb2.GetAgentStatusResponse]]:
         """What the execution engine reports about the agent: load, success rate, latency, circuit."""
+
+    @_abc_1.abstractmethod
+    def ResolveAgent(
+        self,
+        request: _agent_service_pb2.ResolveAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_service_pb2.ResolveAgentResponse, _abc.Awaitable[_agent_service_pb2.ResolveAgentResponse]]:
+        """Internal: how to call the tenant's active agent `name`, decrypted credentials included.
+        Only FlowForge's own services hold the `internal` scope (a service token plus the tenant in
+        metadata); it has no REST route, and users, API keys and admins can never call it.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
