@@ -19,6 +19,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from flowforge_common.auth import TokenVerifier
 from flowforge_common.interceptors import ApiKeyResolver, ServiceInterceptor
 from flowforge_common.policy import policy_table
+from flowforge_common.service_identity import ServiceCredential
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ async def start_grpc_server(
     registrations: Iterable[Registration],
     verifier: TokenVerifier,
     api_key_resolver: ApiKeyResolver | None = None,
+    service_credential: ServiceCredential | None = None,
     readiness: Callable[[], Awaitable[bool]] | None = None,
     readiness_interval: float = 5.0,
 ) -> GrpcServer:
@@ -69,7 +71,7 @@ async def start_grpc_server(
     server = grpc.aio.server(
         interceptors=[
             aio_server_interceptor(),
-            ServiceInterceptor(policy_table(services), verifier, api_key_resolver),
+            ServiceInterceptor(policy_table(services), verifier, api_key_resolver, service_credential),
         ],
         options=[("grpc.so_reuseport", 0)],
     )

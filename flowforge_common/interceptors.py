@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -13,6 +14,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
 from flowforge_common.auth import (
+    ApiKeyResolver,
     Principal,
     TokenVerifier,
     bearer_token,
@@ -27,10 +29,11 @@ from flowforge_common.errors import (
     to_rpc_status,
 )
 from flowforge_common.policy import MethodPolicy
+from flowforge_common.service_identity import SERVICE_TOKEN_HEADER, ServiceCredential
 
 logger = logging.getLogger(__name__)
 
-ApiKeyResolver = Callable[[str], Awaitable[Principal]]
+__all__ = ["ApiKeyResolver", "ServiceInterceptor", "abort_with_domain_error"]
 
 
 async def abort_with_domain_error(context: grpc.aio.ServicerContext, error: DomainError) -> None:
@@ -51,10 +54,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         policies: dict[str, MethodPolicy | None],
         verifier: TokenVerifier,
         api_key_resolver: ApiKeyResolver | None = None,
+        service_credential: ServiceCredential | None = None,
     ) -> None:
         self._policies = policies
+        self._service_credential = service_credential
         self._verifier = verifier
-        self._api_key_resolver = api_key_resolver
+        # Verifiers built from auth_svc carry an API key resolver: every service accepts keys.
+        self._api_key_resolver = api_key_resolver or verifier.api_keys
 
     async def intercept_service(
         self,
@@ -96,31 +102,28 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return authenticate
 
     async def _principal(self, metadata: dict[str, str], *, required: bool) -> Principal | None:
+        """The caller's principal from `authorization: Bearer` or `x-api-key`. For a public RPC
+        (`required` false) bad or unverifiable credentials count as none at all."""
         try:
-            token = bearer_token(metadata)
-        except UnauthenticatedError:
+            return await self._credentials(metadata, required=required)
+        except DomainError:
             if required:
                 raise
             return None
+
+    async def _credentials(self, metadata: dict[str, str], *, required: bool) -> Principal | None:
+        if SERVICE_TOKEN_HEADER in metadata:
+            if self._service_credential is None:
+                raise UnauthenticatedError("this service does not accept service tokens")
+            return self._service_credential.principal(metadata)
+        token = bearer_token(metadata)
         if token is not None:
-            try:
-                return await self._verifier.verify(token)
-            except UnauthenticatedError:
-                if required:
-                    raise
-                return None
+            return await self._verifier.verify(token)
         api_key = metadata.get("x-api-key")
         if api_key:
             if self._api_key_resolver is None:
-                if required:
-                    raise UnauthenticatedError("API keys are not accepted by this service")
-                return None
-            try:
-                return await self._api_key_resolver(api_key)
-            except UnauthenticatedError:
-                if required:
-                    raise
-                return None
+                raise UnauthenticatedError("API keys are not accepted by this service")
+            return await self._api_key_resolver(api_key)
         if required:
             raise UnauthenticatedError("this call needs credentials")
         return None
@@ -230,7 +233,10 @@ def _wrap_stream(
             await outcome.abort_plain(context, grpc.StatusCode.INTERNAL, "internal error")
         finally:
             if token is not None:
-                reset_principal(token)
+                # A cancelled stream is finalised from another context, where the token does
+                # not belong; the principal dies with that context anyway.
+                with contextlib.suppress(ValueError):
+                    reset_principal(token)
             outcome.record()
 
     return wrapper

@@ -22,6 +22,8 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
+from aiohttp.abc import AbstractResolver, ResolveResult
+
 from flowforge_common.errors import FieldViolation, ValidationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -164,17 +166,73 @@ async def check_url(url: str, mode: AgentNetworkMode, resolver: Resolver | None 
 
     `resolver` defaults to the system resolver; tests pass a stub so that no lookup leaves the
     machine. Violations name `field` (e.g. `url`, `health_url`)."""
+    host = check_url_offline(url, mode, field=field)
+    if host is not None:
+        _check_addresses(host, await _resolve(host, resolver or resolve_host, field), mode, field)
+
+
+def check_url_offline(url: str, mode: AgentNetworkMode, *, field: str = "url") -> str | None:
+    """What `check_url` checks without DNS. Returns the host name still to resolve, or None
+    when the host is an address (or `localhost`), already checked here.
+
+    At call time this plus `PolicyResolver` on the connection is the whole check: aiohttp does
+    not consult a resolver for an address literal, and resolves names through it."""
     host = _host_of(url, field)
     name = host.removesuffix(".")
     if name == "localhost" or name.endswith(_LOCALHOST_SUFFIX):
         # RFC 6761: these names are loopback whatever a resolver says.
         _check_addresses(host, [ipaddress.IPv4Address("127.0.0.1")], mode, field)
-        return
+        return None
     literal = parse_host(host, field=field)
     if literal is not None:
         _check_addresses(host, [literal], mode, field)
-        return
-    _check_addresses(host, await _resolve(host, resolver or resolve_host, field), mode, field)
+        return None
+    return host
+
+
+class PolicyResolver(AbstractResolver):
+    """aiohttp resolver that answers only addresses the agent network policy allows: the
+    address checked is the address connected to, so a DNS answer that changes between a check
+    and the connection (rebinding) gains nothing."""
+
+    def __init__(self, network: AgentNetworkMode, resolver: Resolver | None = None, *, field: str = "url") -> None:
+        self._network = network
+        self._resolver = resolver or resolve_host
+        self._field = field
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """Every allowed address of `host` in `family`; NetworkPolicyError when any address of
+        the answer is refused (one bad address is enough to distrust the name)."""
+        name = host.removesuffix(".")
+        # RFC 6761, as in check_url: these names are loopback whatever a resolver says.
+        answers = (
+            ["127.0.0.1"] if name == "localhost" or name.endswith(_LOCALHOST_SUFFIX) else await self._resolver(host)
+        )
+        results: list[ResolveResult] = []
+        for answer in answers:
+            text = answer.split("%", 1)[0]  # a zone id names an interface, not another address
+            check_address(text, self._network, field=self._field)
+            address = ipaddress.ip_address(text)
+            address_family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            if family in (socket.AF_UNSPEC, address_family):
+                results.append(
+                    ResolveResult(
+                        hostname=host,
+                        host=str(address),
+                        port=port,
+                        family=address_family,
+                        proto=0,
+                        flags=socket.AI_NUMERICHOST,
+                    )
+                )
+        if not results:
+            raise OSError(f"{host} has no address to connect to")
+        return results
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
 async def resolve_host(host: str) -> list[str]:

@@ -82,7 +82,7 @@ def load_secret_box(settings: ServiceSettings) -> SecretBox:
         return SecretBox(parse_keys(settings.secrets_key.get_secret_value()))
     path = settings.data_dir / DEV_KEY_FILE
     logger.warning("FLOWFORGE_SECRETS_KEY is not set; using the development key in %s", path)
-    return SecretBox([_development_key(path)])
+    return SecretBox([development_key(path)])
 
 
 def parse_keys(value: str) -> list[bytes]:
@@ -99,7 +99,8 @@ def parse_keys(value: str) -> list[bytes]:
     return keys
 
 
-def _development_key(path: Path) -> bytes:
+def development_key(path: Path) -> bytes:
+    """A random 32-byte key kept at `path` (created once, 0600, race-free), for embedded mode."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         encoded = base64.urlsafe_b64encode(os.urandom(KEY_BYTES))

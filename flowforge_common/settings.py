@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flowforge_common.netpolicy import AgentNetworkMode
+
 
 class CommonSettings(BaseSettings):
     """Environment-driven settings every FlowForge process reads (`FLOWFORGE_*`)."""
@@ -23,6 +25,14 @@ class CommonSettings(BaseSettings):
     workflow_target: str = Field(default="127.0.0.1:50052", description="host:port of workflow_svc.")
     execution_target: str = Field(default="127.0.0.1:50053", description="host:port of execution_svc.")
     shutdown_grace_seconds: float = 10.0
+    internal_token: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description=(
+            "Shared secret FlowForge's services present to each other (execution_svc resolving agents "
+            "in workflow_svc). Embedded mode generates one under the data directory."
+        ),
+    )
 
 
 class ServiceSettings(CommonSettings):
@@ -37,6 +47,11 @@ class ServiceSettings(CommonSettings):
     )
     db_schema: str | None = Field(default=None, description="PostgreSQL schema of this service; defaults to its name.")
     migrate_on_start: bool = True
+    agent_network: AgentNetworkMode = Field(
+        default=AgentNetworkMode.PUBLIC_ONLY,
+        description="`public-only` (production) or `allow-private` (`make run`): which addresses agent "
+        "and `http` step URLs may point at (`FLOWFORGE_AGENT_NETWORK`), at registration and at every call.",
+    )
     db_pool_size: int = 10
     secrets_key: SecretStr | None = Field(
         default=None, description="Base64 32-byte AES-GCM keys, comma-separated: the first seals, all open."
