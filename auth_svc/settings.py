@@ -24,6 +24,12 @@ class AuthSettings(ServiceSettings):
         validation_alias=AliasChoices("FLOWFORGE_ACCESS_TOKEN_TTL_SECONDS"),
         description="Lifetime of access tokens.",
     )
+    refresh_token_ttl_seconds: int = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        validation_alias=AliasChoices("FLOWFORGE_REFRESH_TOKEN_TTL_SECONDS"),
+        description="Lifetime of a refresh token; each refresh mints a new one.",
+    )
     signing_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("FLOWFORGE_SIGNING_KEY"),

@@ -2,37 +2,45 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import web
 
+from edge.authn import ROUTE_ACCESS_KEY, authentication_middleware, authenticator_ctx, route_table
 from edge.metrics import METRICS_KEY, EdgeMetrics
 from edge.middlewares import (
     add_standard_headers,
     cors_middleware,
     errors_middleware,
+    header_limit_middleware,
     metrics_middleware,
     request_id_middleware,
 )
 from edge.openapi import OPENAPI_KEY, OpenApiDocuments
+from edge.ratelimit import rate_limit_middleware, rate_limiter_ctx
 from edge.settings import SETTINGS_KEY, EdgeSettings
 from edge.streams import add_stream_routes
 from edge.system import add_system_routes
 from edge.transcoder import add_transcoded_routes, bindings_for
 from edge.upstream import SERVICES, upstreams_ctx
+from flowforge_common.auth import TokenVerifier
 
 
-def create_app(settings: EdgeSettings) -> web.Application:
+def create_app(settings: EdgeSettings, *, verifier: TokenVerifier | None = None) -> web.Application:
     """The edge: system routes, placeholder stream routes and one route per annotated RPC.
 
     gRPC channels open at startup and close at cleanup; the OpenAPI document is generated
-    here, once."""
+    here, once. `verifier` overrides the credentials verifier built over auth_svc (tests)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
             request_id_middleware,
             metrics_middleware,
             errors_middleware,
+            header_limit_middleware,
             cors_middleware,
-            # authentication, then rate limiting, go here (later milestone)
+            authentication_middleware,
+            rate_limit_middleware,
         ],
     )
     app[SETTINGS_KEY] = settings
@@ -40,8 +48,12 @@ def create_app(settings: EdgeSettings) -> web.Application:
     bindings = bindings_for(SERVICES)
     app[OPENAPI_KEY] = OpenApiDocuments.build(bindings)
     app.cleanup_ctx.append(upstreams_ctx)
+    app.cleanup_ctx.append(partial(authenticator_ctx, verifier=verifier))
+    app.cleanup_ctx.append(rate_limiter_ctx)
     app.on_response_prepare.append(add_standard_headers)
     add_system_routes(app)
     add_stream_routes(app)
     add_transcoded_routes(app, bindings)
+    # After the last route: which routes need credentials, and which rate class each spends.
+    app[ROUTE_ACCESS_KEY] = route_table(app)
     return app

@@ -1,4 +1,5 @@
-"""The edge's middlewares (request id -> metrics -> errors -> CORS preflight) and the headers
+"""The edge's general middlewares (request id -> metrics -> errors -> header limit -> CORS
+preflight; authentication and rate limiting live in authn.py and ratelimit.py) and the headers
 every response carries."""
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from flowforge_common.ids import new_id
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# Set by the rate limiter; added to the response, whichever code path produced it.
+RATE_LIMIT_HEADERS_KEY = web.RequestKey("rate_limit_headers", dict[str, str])
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's id is echoed only when it is short and plain: it lands in logs and headers.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
@@ -43,6 +46,9 @@ CORS_EXPOSED_HEADERS = (
 )
 # Headers of an aiohttp HTTPException that the problem response keeps.
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+# Paths whose responses carry credentials (tokens, secrets shown once): never cached anywhere.
+# Every /api/ response is no-store already; the JWKS is public and may be cached.
+_NO_STORE_PREFIXES = ("/api/",)
 
 
 @web.middleware
@@ -117,12 +123,27 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if error.status < 400:
             raise
         problem = _problem_from_http_exception(request, error)
+    except UnicodeEncodeError:
+        # A JSON string with a lone surrogate (`"\ud800"`) decodes fine but cannot become a
+        # protobuf string: the client sent text that is not Unicode.
+        problem = ProblemError(400, "the request contains text that is not valid Unicode", "BAD_REQUEST")
     except Exception:
         logger.exception(
             "unhandled error", extra={"request_id": request_id, "method": request.method, "route": route_label(request)}
         )
         problem = ProblemError(500, "The server failed to handle the request.", "INTERNAL")
     return problem_response(problem, request_id)
+
+
+@web.middleware
+async def header_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """431 problem+json when the request's headers together exceed `max_header_bytes` (the
+    server's own per-line limits stop single huge lines before this)."""
+    limit = request.app[SETTINGS_KEY].max_header_bytes
+    size = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    if size > limit:
+        raise ProblemError(431, f"the request headers exceed {limit} bytes", "REQUEST_HEADER_FIELDS_TOO_LARGE")
+    return await handler(request)
 
 
 def _allowed_origin(request: web.Request) -> str | None:
@@ -163,8 +184,11 @@ async def add_standard_headers(request: web.Request, response: web.StreamRespons
         response.headers[REQUEST_ID_HEADER] = request_id
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-    if request.path.startswith("/api/"):
+    if request.path.startswith(_NO_STORE_PREFIXES):
         response.headers.setdefault("Cache-Control", "no-store")
+    rate_limit_headers = request.get(RATE_LIMIT_HEADERS_KEY)
+    if rate_limit_headers:
+        response.headers.update(rate_limit_headers)
     origin = _allowed_origin(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin

@@ -10,6 +10,7 @@ from swagger_ui_bundle import swagger_ui_path
 from edge.metrics import METRICS_KEY
 from edge.openapi import OPENAPI_KEY
 from edge.problems import ProblemError
+from edge.ratelimit import RATE_LIMITER_KEY
 from edge.settings import SETTINGS_KEY
 from edge.upstream import UPSTREAMS_KEY
 
@@ -59,17 +60,20 @@ async def health(_request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: every backend service (and, through its health, its database) is serving."""
+    """Readiness: every backend service (and, through its health, its database) is serving.
+    The rate limiter's backend is reported too; a limiter that fell back to memory because
+    Redis is unreachable keeps the edge serving, so it does not make the edge unready."""
     checks = await request.app[UPSTREAMS_KEY].health(request.app[SETTINGS_KEY].ready_timeout_seconds)
+    rate_limiter = request.app[RATE_LIMITER_KEY].backend
     failing = {service: status for service, status in checks.items() if status != "serving"}
     if failing:
         raise ProblemError(
             503,
             "not ready: " + ", ".join(f"{service} is {status}" for service, status in failing.items()),
             "NOT_READY",
-            extensions={"checks": checks},
+            extensions={"checks": checks, "rate_limiter": rate_limiter},
         )
-    return web.json_response({"status": "ready", "checks": checks})
+    return web.json_response({"status": "ready", "checks": checks, "rate_limiter": rate_limiter})
 
 
 async def status(request: web.Request) -> web.Response:

@@ -6,8 +6,11 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Generic, TypeVar
 
 from flowforge_common.auth import ALL_SCOPES
+
+T = TypeVar("T")
 
 
 class Role(StrEnum):
@@ -94,9 +97,9 @@ class NewAccount:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling, as GetMe reports it."""
+    """Who is calling, as GetMe reports it (no user for API keys and service accounts)."""
 
-    user: User
+    user: User | None
     tenant: Tenant
     scopes: tuple[str, ...]
 
@@ -107,3 +110,84 @@ class AccessToken:
 
     token: str = field(repr=False)
     expires_in: int
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What sign-in and refresh answer: an access token and the next refresh token."""
+
+    access: AccessToken
+    refresh_token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A stored refresh token (its secret is known only to the client; the row holds a hash)."""
+
+    id: str
+    tenant_id: str
+    user_id: str
+    family_id: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    used_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key. `key` (the secret) is set only on the value CreateApiKey returns."""
+
+    id: str
+    tenant_id: str
+    created_by: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    created_at: dt.datetime
+    expires_at: dt.datetime | None = None
+    last_used_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+    key: str = field(default="", repr=False)
+
+    @property
+    def subject(self) -> str:
+        """The subject its calls are recorded under."""
+        return f"apikey:{self.id}"
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """A client of the client_credentials grant. `client_secret` is set only on creation."""
+
+    id: str
+    tenant_id: str
+    name: str
+    client_id: str
+    scopes: tuple[str, ...]
+    created_by: str
+    active: bool
+    created_at: dt.datetime
+    client_secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited identity event; `change` never holds a secret."""
+
+    id: str
+    tenant_id: str
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    change: dict[str, Any]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list and the cursor of the next ("" on the last page)."""
+
+    items: list[T]
+    next_page_token: str

@@ -113,23 +113,36 @@ class TokenIssuer:
         self._ttl = ttl_seconds
 
     def claims(self, user: User, now: dt.datetime) -> dict[str, Any]:
-        """The claims of an access token for `user` issued at `now`."""
+        """The claims of an access token for `user` issued at `now`: its role's scopes."""
+        return self.subject_claims(user.id, user.tenant_id, scopes_for_role(user.role), user.role.value, now)
+
+    def subject_claims(
+        self, subject: str, tenant_id: str, scopes: tuple[str, ...], role: str, now: dt.datetime
+    ) -> dict[str, Any]:
+        """The claims of an access token for any subject (user or service account)."""
         issued_at = int(now.timestamp())
-        return {
+        claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
-            "sub": user.id,
-            "tid": user.tenant_id,
-            "scope": " ".join(scopes_for_role(user.role)),
-            "role": user.role.value,
+            "sub": subject,
+            "tid": tenant_id,
+            "scope": " ".join(scopes),
             "iat": issued_at,
             "exp": issued_at + self._ttl,
             "jti": uuid.uuid4().hex,
         }
+        if role:
+            claims["role"] = role
+        return claims
 
     def issue(self, user: User, now: dt.datetime) -> AccessToken:
         """A signed access token for `user`."""
         return AccessToken(token=self._key.sign(self.claims(user, now)), expires_in=self._ttl)
+
+    def issue_for(self, subject: str, tenant_id: str, scopes: tuple[str, ...], now: dt.datetime) -> AccessToken:
+        """A signed access token for a non-user subject (a service account)."""
+        claims = self.subject_claims(subject, tenant_id, scopes, "", now)
+        return AccessToken(token=self._key.sign(claims), expires_in=self._ttl)
 
     def jwks(self) -> list[dict[str, str]]:
         """The public keys that verify the tokens this issuer signs, newest first."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from auth_svc.domain.models import SignupForm
-from flowforge_common.errors import FieldViolation, ValidationError
+from flowforge_common.errors import BadRequestError, FieldViolation, ValidationError
 
 MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit minus the angle brackets
 MAX_LOCAL_PART_LENGTH = 64
@@ -19,6 +19,14 @@ MAX_DISPLAY_NAME_LENGTH = 100
 # parts and address literals are legal but are typos far more often than real addresses.
 _LOCAL_PART = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _DOMAIN_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+NUL_PROBLEM = "must not contain the NUL character (U+0000)"
+
+
+def plain_text(text: str) -> bool:
+    """False for text no backend can store: PostgreSQL keeps no NUL in text columns."""
+    return "\x00" not in text
 
 
 def normalise_email(email: str) -> str:
@@ -53,9 +61,16 @@ def password_problem(password: str) -> str | None:
     return None
 
 
+def name_problem(name: str, *, required: bool, max_length: int) -> str | None:
+    """Why a (trimmed) name is not acceptable, or None when it is."""
+    return _name_problem(name, required=required, max_length=max_length)
+
+
 def _name_problem(name: str, *, required: bool, max_length: int) -> str | None:
     if required and not name:
         return "is required"
+    if not plain_text(name):
+        return NUL_PROBLEM
     if len(name) > max_length:
         return f"must be at most {max_length} characters"
     return None
@@ -79,3 +94,13 @@ def validate_signup(email: str, password: str, tenant_name: str, display_name: s
     if violations:
         raise ValidationError("the signup form has invalid fields", violations)
     return form
+
+
+def cursor_id(position: dict[str, object] | None) -> str | None:
+    """The `after` id of a decoded page token; BadRequestError for one this API did not make."""
+    value = (position or {}).get("after")
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.replace("_", "").isalnum() or len(value) > 64:
+        raise BadRequestError("page_token is not valid", [FieldViolation("page_token", "not a token from this API")])
+    return value

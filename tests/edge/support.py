@@ -193,10 +193,20 @@ class EchoWorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
 
 class EchoAuthService(auth_service_pb2_grpc.AuthServiceServicer):
-    """AuthService with the public RPCs the edge tests use."""
+    """AuthService with the public RPCs the edge tests use, and the JWKS of the test tokens
+    (the edge verifies bearer tokens against it before calling anything)."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, jwks: Sequence[dict[str, Any]] = ()) -> None:
         self.recorder = recorder
+        self.jwks = list(jwks)
+
+    async def GetJwks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        keys = []
+        for jwk in self.jwks:
+            key = struct_pb2.Struct()
+            key.update(jwk)
+            keys.append(key)
+        return auth_service_pb2.GetJwksResponse(keys=keys)
 
     async def IssueToken(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.recorder.record("IssueToken", request, context)
@@ -294,7 +304,10 @@ async def start_echo_backend(verifier: TokenVerifier, services: Sequence[Any] = 
             workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
             EchoWorkflowService(recorder),  # type: ignore[abstract]
         ),
-        partial(auth_service_pb2_grpc.add_AuthServiceServicer_to_server, EchoAuthService(recorder)),  # type: ignore[abstract]
+        partial(
+            auth_service_pb2_grpc.add_AuthServiceServicer_to_server,
+            EchoAuthService(recorder, verifier.keys.jwks),  # type: ignore[abstract]
+        ),
         partial(
             execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server,
             EchoExecutionService(recorder),  # type: ignore[abstract]

@@ -30,8 +30,11 @@ async def execution(database: DatabaseTarget, tokens: TokenFactory) -> AsyncIter
 
 
 @pytest.fixture
-async def client(aiohttp_client: AiohttpClient, execution: RunningService) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(edge_settings(f"127.0.0.1:{execution.port}")))
+async def client(
+    aiohttp_client: AiohttpClient, execution: RunningService, tokens: TokenFactory
+) -> TestClient[Any, Any]:
+    # No auth_svc here: the edge trusts the test key directly.
+    return await aiohttp_client(create_app(edge_settings(f"127.0.0.1:{execution.port}"), verifier=tokens.verifier()))
 
 
 async def test_no_token_is_401_with_a_bearer_challenge(client: TestClient[Any, Any]) -> None:

@@ -59,11 +59,11 @@ async def test_ready_when_every_service_serves(client: Client) -> None:
     response = await client.get("/health/ready")
     body = await response.json()
     assert response.status == 200
-    assert body == {"status": "ready", "checks": dict.fromkeys(SERVICE_NAMES, "serving")}
+    assert body == {"status": "ready", "checks": dict.fromkeys(SERVICE_NAMES, "serving"), "rate_limiter": "memory"}
 
 
 async def test_not_ready_when_a_database_is_down_or_a_service_is_gone(
-    client: Client, execution: RunningService
+    client: Client, execution: RunningService, tokens: TokenFactory
 ) -> None:
     # What execution_svc's readiness watcher does when its database stops answering.
     await execution.grpc.set_serving(False)
@@ -74,7 +74,8 @@ async def test_not_ready_when_a_database_is_down_or_a_service_is_gone(
     assert problem["checks"]["flowforge.execution.v1.ExecutionService"] == "not_serving"
     assert problem["checks"]["flowforge.auth.v1.AuthService"] == "serving"
     assert "ExecutionService is not_serving" in problem["detail"]
-    status = await (await client.get("/api/v1/status")).json()
+    auth = {"Authorization": f"Bearer {tokens.mint()}"}
+    status = await (await client.get("/api/v1/status", headers=auth)).json()
     assert status["status"] == "degraded"
 
     await execution.grpc.server.stop(0)
@@ -82,8 +83,9 @@ async def test_not_ready_when_a_database_is_down_or_a_service_is_gone(
     assert gone["checks"]["flowforge.execution.v1.ExecutionService"] == "unavailable"
 
 
-async def test_status_summarises_services(client: Client) -> None:
-    body = await (await client.get("/api/v1/status")).json()
+async def test_status_summarises_services(client: Client, tokens: TokenFactory) -> None:
+    auth = {"Authorization": f"Bearer {tokens.mint()}"}
+    body = await (await client.get("/api/v1/status", headers=auth)).json()
     assert body == {"status": "ok", "services": dict.fromkeys(SERVICE_NAMES, "serving")}
 
 

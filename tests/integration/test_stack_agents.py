@@ -134,8 +134,9 @@ async def test_credentials_are_required_and_checked(stack: Stack) -> None:
     assert response.status == 401
 
 
-async def test_later_milestones_answer_501(stack: Stack) -> None:
+async def test_the_audit_log_records_the_sign_in(stack: Stack) -> None:
     member = await stack.member()
     response = await stack.client.get("/api/v1/audit-logs", headers=member.headers)
-    assert response.status == 501
-    assert response.content_type == "application/problem+json"
+    assert response.status == 200
+    actions = [entry["action"] for entry in (await response.json())["items"]]
+    assert "auth.login_succeeded" in actions

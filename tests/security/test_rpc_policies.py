@@ -6,7 +6,7 @@ from flowforge.audit.v1 import audit_service_pb2
 from flowforge.auth.v1 import auth_service_pb2
 from flowforge.execution.v1 import execution_service_pb2
 from flowforge.workflow.v1 import agent_service_pb2, workflow_service_pb2
-from flowforge_common.auth import ALL_SCOPES
+from flowforge_common.auth import ALL_SCOPES, INTERNAL_SCOPE
 from flowforge_common.policy import method_policy, services_of
 
 FILES = [audit_service_pb2, auth_service_pb2, agent_service_pb2, workflow_service_pb2, execution_service_pb2]
@@ -38,7 +38,8 @@ def test_every_rpc_declares_exactly_one_kind_of_access() -> None:
         kinds = [bool(policy.public), bool(policy.authenticated), bool(policy.scope)]  # type: ignore[attr-defined]
         assert sum(kinds) == 1, f"{name}: exactly one of public/authenticated/scope"
         if policy.scope:  # type: ignore[attr-defined]
-            assert policy.scope in ALL_SCOPES, f"{name}: unknown scope {policy.scope}"  # type: ignore[attr-defined]
+            known = (*ALL_SCOPES, INTERNAL_SCOPE)
+            assert policy.scope in known, f"{name}: unknown scope {policy.scope}"  # type: ignore[attr-defined]
 
 
 def test_only_the_known_entry_points_are_public() -> None:
