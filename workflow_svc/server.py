@@ -19,11 +19,13 @@ from flowforge_common.grpc_server import start_grpc_server
 from flowforge_common.netpolicy import Resolver
 from flowforge_common.secrets import load_secret_box
 from flowforge_common.service import RunningService
+from flowforge_common.service_identity import ServiceCredential
 from workflow_svc.api.servicer import AgentServiceServicer, AuditServiceServicer, WorkflowServiceServicer
 from workflow_svc.domain.audit import AuditLog
 from workflow_svc.domain.health import AgentHealthMonitor
 from workflow_svc.domain.service import AgentRegistry
 from workflow_svc.domain.workflows import WorkflowCatalog
+from workflow_svc.execution_client import ExecutionCallStats
 from workflow_svc.http_probe import HttpHealthProber
 from workflow_svc.settings import WorkflowSettings
 
@@ -53,7 +55,10 @@ async def create_server(
     sessions = db.session_factory(engine)
     registry = AgentRegistry(sessions, load_secret_box(settings), network=settings.agent_network, resolver=resolver)
     prober = HttpHealthProber(settings.agent_network, resolver)
-    agents = AgentServiceServicer(registry, AgentHealthMonitor(registry, sessions, prober))
+    service_credential = ServiceCredential.from_settings(settings, service_name="workflow")
+    execution_channel = open_channel(settings.execution_target)
+    call_stats = ExecutionCallStats(execution_channel, service_credential)
+    agents = AgentServiceServicer(registry, AgentHealthMonitor(registry, sessions, prober, call_stats))
     workflows = WorkflowServiceServicer(WorkflowCatalog(sessions))
     audit = AuditServiceServicer(AuditLog(sessions))
     server = await start_grpc_server(
@@ -70,6 +75,9 @@ async def create_server(
             partial(audit_service_pb2_grpc.add_AuditServiceServicer_to_server, audit),
         ],
         verifier=verifier,
+        service_credential=service_credential,
         readiness=partial(db.ping, engine),
     )
-    return RunningService(grpc=server, engine=engine, channels=[auth_channel], closers=[prober.close])
+    return RunningService(
+        grpc=server, engine=engine, channels=[auth_channel, execution_channel], closers=[prober.close]
+    )

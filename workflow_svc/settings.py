@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import AliasChoices, Field
 
-from flowforge_common.netpolicy import AgentNetworkMode
 from flowforge_common.settings import ServiceSettings
 
 
@@ -14,8 +13,3 @@ class WorkflowSettings(ServiceSettings):
     service_name: str = "workflow"
     port: int = Field(default=50052, validation_alias=AliasChoices("FLOWFORGE_WORKFLOW_PORT"))
     metrics_port: int = Field(default=0, validation_alias=AliasChoices("FLOWFORGE_WORKFLOW_METRICS_PORT"))
-    agent_network: AgentNetworkMode = Field(
-        default=AgentNetworkMode.PUBLIC_ONLY,
-        description="`public-only` (production) or `allow-private` (`make run`): which addresses agent "
-        "URLs may point at (`FLOWFORGE_AGENT_NETWORK`).",
-    )

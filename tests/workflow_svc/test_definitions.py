@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from flowforge.workflow.v1 import agent_pb2, workflow_pb2
 from flowforge_common.errors import FieldViolation, ValidationError
+from tests.workflow_svc.harness import API_EXAMPLE
 from workflow_svc.domain.definitions import (
     CONCURRENCY_FIELDS,
     RETRY_FIELDS,
@@ -26,37 +27,6 @@ AGENTS = {"fetcher": "active", "summarizer": "active", "classifier": "active", "
 TYPES = "agent, http, transform, delay, wait_for_signal, sub_workflow"
 NOT_ANCESTOR = "(list it, or a step after it, in depends_on)"
 
-API_EXAMPLE: dict[str, Any] = {
-    "name": "summarize-and-notify",
-    "description": "...",
-    "input_schema": {"type": "object", "required": ["doc"], "properties": {"doc": {"type": "string"}}},
-    "steps": [
-        {"id": "fetch", "agent": "fetcher", "input": {"url": "{{ input.doc }}"}},
-        {
-            "id": "summarize",
-            "agent": "summarizer",
-            "depends_on": ["fetch"],
-            "input": {"text": "{{ steps.fetch.output.body }}"},
-            "retry": {"max_retries": 5},
-            "timeout_ms": 20000,
-        },
-        {
-            "id": "classify",
-            "agent": "classifier",
-            "depends_on": ["fetch"],
-            "input": {"text": "{{ steps.fetch.output.body }}"},
-        },
-        {
-            "id": "notify",
-            "type": "http",
-            "depends_on": ["summarize", "classify"],
-            "when": "{{ steps.classify.output.label == 'urgent' }}",
-            "config": {"method": "POST", "url": "https://hooks.example.com/x"},
-            "input": {"summary": "{{ steps.summarize.output }}"},
-        },
-    ],
-    "output": {"summary": "{{ steps.summarize.output }}"},
-}
 API_EXAMPLE_PLAN = [["fetch"], ["summarize", "classify"], ["notify"]]
 
 

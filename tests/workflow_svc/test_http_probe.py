@@ -7,9 +7,8 @@ import socket
 
 import pytest
 
-from flowforge_common.netpolicy import AgentNetworkMode, NetworkPolicyError
+from flowforge_common.netpolicy import AgentNetworkMode, NetworkPolicyError, PolicyResolver
 from tests.workflow_svc.harness import DNS, INTERNAL_HOST, METADATA_HOST, PUBLIC_HOST, StubResolver
-from workflow_svc.http_probe import PolicyResolver
 
 PUBLIC_ONLY = AgentNetworkMode.PUBLIC_ONLY
 ALLOW_PRIVATE = AgentNetworkMode.ALLOW_PRIVATE
@@ -41,7 +40,7 @@ async def test_allowed_names_resolve_to_their_checked_addresses() -> None:
 async def test_refused_addresses_never_reach_the_connector(mode: AgentNetworkMode, host: str) -> None:
     stub = StubResolver({**DNS, "localhost": ["93.184.216.34"]})
     with pytest.raises(NetworkPolicyError) as caught:
-        await PolicyResolver(mode, stub).resolve(host, 80, socket.AF_UNSPEC)
+        await PolicyResolver(mode, stub, field="health_url").resolve(host, 80, socket.AF_UNSPEC)
     assert [violation.field for violation in caught.value.violations] == ["health_url"]
 
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 
 from flowforge_common.errors import BadRequestError
 from workflow_svc.db.workflows import _prefix_successor
 from workflow_svc.domain.audit import MASK, agent_change, agent_view, changed, masked_definition
-from workflow_svc.domain.health import credential_headers, health_url, runtime_status
+from workflow_svc.domain.health import health_url, runtime_status
 from workflow_svc.domain.models import (
     Agent,
+    AgentCallStats,
     AgentSpec,
     AgentStatus,
     AuthType,
+    CircuitState,
     HealthProbe,
     WorkflowOrder,
 )
+from workflow_svc.domain.service import credential_headers
 from workflow_svc.domain.workflows import parse_order_by
 
 NOW = dt.datetime(2026, 1, 15, tzinfo=dt.UTC)
@@ -131,3 +135,20 @@ def test_runtime_status_summarises_the_recent_probes() -> None:
     assert status.status is AgentStatus.INACTIVE
     assert status.recent_success_rate == 0.75
     assert status.p50_latency_ms == 20  # an observed latency: the lower middle one
+    assert (status.in_flight, status.circuit) == (0, None)  # the engine was not asked
+
+
+def test_runtime_status_prefers_the_engines_calls_to_probes() -> None:
+    probes = [HealthProbe(healthy=True, latency_ms=5, checked_at=NOW, detail="")]
+    calls = AgentCallStats(
+        circuit=CircuitState.OPEN, in_flight=3, recent_calls=10, recent_success_rate=0.2, p50_latency_ms=900
+    )
+    status = runtime_status(AgentStatus.ACTIVE, probes, calls)
+    assert (status.circuit, status.in_flight, status.recent_success_rate, status.p50_latency_ms) == (
+        CircuitState.OPEN,
+        3,
+        0.2,
+        900,
+    )
+    idle = runtime_status(AgentStatus.ACTIVE, probes, replace(calls, recent_calls=0, circuit=CircuitState.CLOSED))
+    assert (idle.circuit, idle.recent_success_rate, idle.p50_latency_ms) == (CircuitState.CLOSED, 1.0, 5)

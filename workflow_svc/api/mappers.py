@@ -25,6 +25,7 @@ from workflow_svc.domain.models import (
     AuditEntry,
     AuditQuery,
     AuthType,
+    CircuitState,
     HealthProbe,
     RetryConfig,
     Workflow,
@@ -160,13 +161,22 @@ def health_to_proto(probe: HealthProbe) -> agent_pb2.AgentHealth:
     )
 
 
+_CIRCUITS_TO_PROTO = {
+    CircuitState.CLOSED: agent_pb2.CIRCUIT_STATE_CLOSED,
+    CircuitState.OPEN: agent_pb2.CIRCUIT_STATE_OPEN,
+    CircuitState.HALF_OPEN: agent_pb2.CIRCUIT_STATE_HALF_OPEN,
+}
+CIRCUITS_FROM_PROTO = {proto: state for state, proto in _CIRCUITS_TO_PROTO.items()}
+
+
 def runtime_status_to_proto(status: AgentRuntimeStatus) -> agent_pb2.AgentRuntimeStatus:
-    """What workflow_svc knows of an agent. `in_flight` and `circuit` stay unset (0 and
-    CIRCUIT_STATE_UNSPECIFIED): only the execution engine can know them."""
+    """What FlowForge knows of an agent; `circuit` is unset when the engine could not be asked."""
     return agent_pb2.AgentRuntimeStatus(
         status=_STATUSES_TO_PROTO[status.status],
+        in_flight=status.in_flight,
         recent_success_rate=status.recent_success_rate,
         p50_latency_ms=status.p50_latency_ms,
+        circuit=_CIRCUITS_TO_PROTO[status.circuit] if status.circuit else agent_pb2.CIRCUIT_STATE_UNSPECIFIED,
     )
 
 

@@ -112,6 +112,13 @@ class AgentServiceServicer(agent_service_pb2_grpc.AgentServiceServicer):
         probe = await self._health.check_health(current_principal(), request.id)
         return pb.CheckAgentHealthResponse(health=health_to_proto(probe))
 
+    async def ResolveAgent(
+        self, request: pb.ResolveAgentRequest, _context: grpc.aio.ServicerContext
+    ) -> pb.ResolveAgentResponse:
+        """Internal: the active agent and its credential headers, for the execution engine."""
+        agent, headers = await self._registry.resolve_agent(current_principal(), request.name)
+        return pb.ResolveAgentResponse(agent=agent_to_proto(agent), credential_headers=headers)
+
     async def GetAgentStatus(
         self, request: pb.GetAgentStatusRequest, _context: grpc.aio.ServicerContext
     ) -> pb.GetAgentStatusResponse:

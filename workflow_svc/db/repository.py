@@ -125,6 +125,16 @@ async def soft_delete_agent(session: AsyncSession, tenant_id: str, agent_id: str
     return deleted is not None
 
 
+async def get_agent_by_name(session: AsyncSession, tenant_id: str, name: str) -> Agent | None:
+    """The live agent called `name` in the tenant, or None."""
+    row = await session.scalar(
+        select(AgentRow).where(AgentRow.tenant_id == tenant_id, AgentRow.name == name, AgentRow.deleted_at.is_(None))
+    )
+    if row is None:
+        return None
+    return (await _agents_from_rows(session, tenant_id, [row]))[0]
+
+
 async def agent_statuses(session: AsyncSession, tenant_id: str, names: Collection[str]) -> dict[str, str]:
     """Name -> status of the tenant's agents with these names: the live agent's status
     (`active`, `inactive`), else DELETED when only deleted agents had the name; names no agent

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flowforge_common.auth import Principal
 from flowforge_common.ids import new_id
 from workflow_svc.db import repository
-from workflow_svc.domain.models import AgentRuntimeStatus, AgentSpec, AgentStatus, AuthType, HealthProbe
-from workflow_svc.domain.service import AgentRegistry
+from workflow_svc.domain.models import AgentCallStats, AgentRuntimeStatus, AgentSpec, AgentStatus, HealthProbe
+from workflow_svc.domain.service import AgentRegistry, credential_headers
 
 RECENT_PROBES: Final = 20
 """How many probes per agent are kept, and what `recent` means in the status."""
 PROBE_ID_PREFIX: Final = "prb"
-DEFAULT_APIKEY_HEADER: Final = "X-API-Key"
 
 
 class HealthProber(Protocol):
@@ -39,25 +38,33 @@ def health_url(spec: AgentSpec) -> str:
     return spec.health_url or spec.url.rstrip("/") + "/health"
 
 
-def credential_headers(auth_type: AuthType, credentials: Mapping[str, Any]) -> dict[str, str]:
-    """The headers that carry an agent's credentials (validated when they were stored)."""
-    if auth_type is AuthType.BEARER:
-        return {"Authorization": f"Bearer {credentials['token']}"}
-    if auth_type is AuthType.APIKEY:
-        return {str(credentials.get("header") or DEFAULT_APIKEY_HEADER): str(credentials["key"])}
-    return {}
+class AgentCallStatsSource(Protocol):
+    """The execution engine's view of its calls to an agent."""
+
+    async def call_stats(self, tenant_id: str, agent_name: str) -> AgentCallStats | None:
+        """The figures, or None when the engine cannot be asked now."""
+        ...
 
 
-def runtime_status(status: AgentStatus, probes: Sequence[HealthProbe]) -> AgentRuntimeStatus:
-    """The status of an agent from its recent probes: the share that was healthy and the median
-    latency (an observed one: the lower middle for an even count); both 0 without probes."""
-    if not probes:
-        return AgentRuntimeStatus(status=status, recent_success_rate=0.0, p50_latency_ms=0)
-    healthy = sum(1 for probe in probes if probe.healthy)
+def runtime_status(
+    status: AgentStatus, probes: Sequence[HealthProbe], calls: AgentCallStats | None = None
+) -> AgentRuntimeStatus:
+    """The status of an agent: the engine's circuit and load when it answered; the success rate
+    and median latency of its recent calls, or without calls of the recent probes (the share
+    that was healthy, an observed median: the lower middle for an even count); 0 without either."""
+    if calls is not None and calls.recent_calls:
+        rate, latency = calls.recent_success_rate, calls.p50_latency_ms
+    elif probes:
+        rate = sum(1 for probe in probes if probe.healthy) / len(probes)
+        latency = statistics.median_low(probe.latency_ms for probe in probes)
+    else:
+        rate, latency = 0.0, 0
     return AgentRuntimeStatus(
         status=status,
-        recent_success_rate=healthy / len(probes),
-        p50_latency_ms=statistics.median_low(probe.latency_ms for probe in probes),
+        recent_success_rate=rate,
+        p50_latency_ms=latency,
+        in_flight=calls.in_flight if calls is not None else 0,
+        circuit=calls.circuit if calls is not None else None,
     )
 
 
@@ -65,11 +72,16 @@ class AgentHealthMonitor:
     """Probes the caller's agents and reports what the probes showed."""
 
     def __init__(
-        self, registry: AgentRegistry, sessions: async_sessionmaker[AsyncSession], prober: HealthProber
+        self,
+        registry: AgentRegistry,
+        sessions: async_sessionmaker[AsyncSession],
+        prober: HealthProber,
+        calls: AgentCallStatsSource | None = None,
     ) -> None:
         self._registry = registry
         self._sessions = sessions
         self._prober = prober
+        self._calls = calls
 
     async def check_health(self, principal: Principal, agent_id: str) -> HealthProbe:
         """Probes the tenant's agent now, with its timeout and credentials, and records the
@@ -84,8 +96,10 @@ class AgentHealthMonitor:
         return probe
 
     async def agent_status(self, principal: Principal, agent_id: str) -> AgentRuntimeStatus:
-        """The agent's status and the success rate and median latency of its recent probes."""
+        """The agent's status, merged from the engine's calls and the recent probes (see
+        `runtime_status`)."""
         agent = await self._registry.get_agent(principal, agent_id)
         async with self._sessions.begin() as session:
             probes = await repository.recent_health_probes(session, agent.tenant_id, agent.id, limit=RECENT_PROBES)
-        return runtime_status(agent.spec.status, probes)
+        calls = None if self._calls is None else await self._calls.call_stats(agent.tenant_id, agent.spec.name)
+        return runtime_status(agent.spec.status, probes, calls)

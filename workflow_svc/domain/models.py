@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Final
 
 
 class AuthType(enum.StrEnum):
@@ -15,6 +15,10 @@ class AuthType(enum.StrEnum):
     NONE = "none"
     BEARER = "bearer"
     APIKEY = "apikey"
+
+
+DEFAULT_APIKEY_HEADER: Final = "X-API-Key"
+"""Header of an `apikey` agent's key when its `auth_config` names none."""
 
 
 class AgentStatus(enum.StrEnum):
@@ -235,12 +239,35 @@ class HealthProbe:
     """The status line when the agent answered, otherwise why the probe failed."""
 
 
+class CircuitState(enum.StrEnum):
+    """An agent's circuit breaker in the execution engine."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class AgentCallStats:
+    """What the execution engine reports about its calls to an agent."""
+
+    circuit: CircuitState
+    in_flight: int
+    recent_calls: int
+    recent_success_rate: float
+    p50_latency_ms: int
+
+
 @dataclass(frozen=True)
 class AgentRuntimeStatus:
-    """What workflow_svc itself knows about an agent: its status and its recent probes."""
+    """An agent's status, with the engine's view of its calls when the engine answered.
+
+    Success rate and median latency come from the engine's recent calls when there were any,
+    else from the recent health probes (0 when neither exists)."""
 
     status: AgentStatus
     recent_success_rate: float
-    """Share of healthy probes among the recent ones; 0 when none was recorded."""
     p50_latency_ms: int
-    """Median latency of the recent probes; 0 when none was recorded."""
+    in_flight: int = 0
+    circuit: CircuitState | None = None
+    """None when the execution engine could not be asked."""

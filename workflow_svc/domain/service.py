@@ -12,7 +12,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from flowforge_common.auth import Principal
-from flowforge_common.errors import AbortedError, BadRequestError, EtagMismatchError, FieldViolation
+from flowforge_common.errors import (
+    AbortedError,
+    BadRequestError,
+    ConflictError,
+    EtagMismatchError,
+    FieldViolation,
+    NotFoundError,
+)
 from flowforge_common.ids import new_id
 from flowforge_common.netpolicy import AgentNetworkMode, Resolver
 from flowforge_common.orm import utcnow
@@ -23,6 +30,7 @@ from workflow_svc.domain.audit import agent_change, agent_view, audit_entry, cre
 from workflow_svc.domain.errors import AgentNotFoundError
 from workflow_svc.domain.models import (
     CREDENTIALS_FIELD,
+    DEFAULT_APIKEY_HEADER,
     OUTPUT_ONLY_FIELDS,
     RETRY_CONFIG_FIELDS,
     SPEC_FIELDS,
@@ -30,6 +38,8 @@ from workflow_svc.domain.models import (
     AgentFilter,
     AgentPage,
     AgentSpec,
+    AgentStatus,
+    AuthType,
 )
 from workflow_svc.domain.validation import normalised, validate_agent
 
@@ -82,6 +92,17 @@ class AgentRegistry:
         if agent is None:
             raise AgentNotFoundError(agent_id)
         return agent
+
+    async def resolve_agent(self, principal: Principal, name: str) -> tuple[Agent, dict[str, str]]:
+        """The tenant's active agent called `name` and the headers carrying its credentials, for
+        the execution engine (the `internal` scope guards the RPC that exposes this)."""
+        async with self._sessions.begin() as session:
+            agent = await repository.get_agent_by_name(session, principal.tenant_id, name)
+        if agent is None:
+            raise NotFoundError(f"agent {name!r} not found", metadata={"name": name})
+        if agent.spec.status is not AgentStatus.ACTIVE:
+            raise ConflictError(f"agent {name!r} is {agent.spec.status.value} and takes no calls")
+        return agent, credential_headers(agent.spec.auth_type, self.open_credentials(agent))
 
     async def list_agents(
         self, principal: Principal, agent_filter: AgentFilter, *, limit: int, after: str | None
@@ -167,6 +188,15 @@ class AgentRegistry:
         )
         credentials: dict[str, Any] = json.loads(plaintext)
         return credentials
+
+
+def credential_headers(auth_type: AuthType, credentials: Mapping[str, Any]) -> dict[str, str]:
+    """The headers that carry an agent's credentials (validated when they were stored)."""
+    if auth_type is AuthType.BEARER:
+        return {"Authorization": f"Bearer {credentials['token']}"}
+    if auth_type is AuthType.APIKEY:
+        return {str(credentials.get("header") or DEFAULT_APIKEY_HEADER): str(credentials["key"])}
+    return {}
 
 
 def _credentials_context(tenant_id: str, agent_id: str) -> str:
