@@ -23,6 +23,51 @@ class EdgeSettings(CommonSettings):
     ready_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of each upstream health check behind /health/ready."
     )
+    sse_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="Idle SSE streams get a `: keepalive` comment this often."
+    )
+    stream_buffer_events: int = Field(
+        default=64, gt=0, description="Events buffered per SSE stream or WebSocket subscription from upstream."
+    )
+    ws_send_queue: int = Field(
+        default=256, gt=0, description="Messages queued for one WebSocket client; a client that lets it fill is closed."
+    )
+    ws_auth_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A WebSocket without credentials must send its auth message this soon."
+    )
+    ws_max_subscriptions: int = Field(default=100, gt=0, description="Subscriptions one WebSocket may hold.")
+    rate_limit_enabled: bool = Field(default=True, description="Whether the edge rate-limits calls at all.")
+    rate_limit_auth_per_minute: int = Field(
+        default=20, gt=0, description="Sign-in calls (signup, login, refresh, logout, token) per client IP."
+    )
+    rate_limit_public_per_minute: int = Field(
+        default=300, gt=0, description="Other unauthenticated calls (signed inbound hooks) per client IP."
+    )
+    rate_limit_read_per_minute: int = Field(default=1200, gt=0, description="Reads (GET) per principal.")
+    rate_limit_write_per_minute: int = Field(default=300, gt=0, description="Writes per principal.")
+    rate_limit_execute_per_minute: int = Field(
+        default=120, gt=0, description="Run starts and run controls (`runs:execute` RPCs) per principal."
+    )
+    rate_limit_overrides: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description='Per tenant id or subject (`apikey:<id>`, a user or service account id), per-minute limits '
+        'by class, as JSON: `{"ten_x": {"read": 5000}}`. The subject\'s entry wins over its tenant\'s.',
+    )
+    rate_limit_prefix: str = Field(
+        default="flowforge:ratelimit:", description="Prefix of the rate-limit keys in Redis."
+    )
+    rate_limit_redis_timeout_seconds: float = Field(
+        default=0.25, gt=0, description="Redis calls slower than this fall back to the in-memory limiter."
+    )
+    trusted_proxy_hops: int = Field(
+        default=0,
+        ge=0,
+        description="Reverse proxies in front of the edge that append to X-Forwarded-For; the client IP that "
+        "per-IP limits use is the entry that many places from the end (0: the socket's peer address).",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024, gt=0, description="Request header lines (and each field) longer than this get 431."
+    )
     # NoDecode: the environment gives a comma-separated list, not JSON.
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS; `*` allows any. Empty disables CORS."

@@ -35,6 +35,10 @@ class Upstreams:
         self._channels = dict(channels)
         self._callables: dict[str, Any] = {}
 
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """The channel that reaches `service` (its full name), e.g. for auth_svc's JWKS."""
+        return self._channels[service]
+
     async def call(
         self,
         service: str,
@@ -56,6 +60,27 @@ class Upstreams:
             self._callables[rpc_path] = multicallable
         response: Message = await multicallable(request, metadata=tuple(metadata), timeout=deadline_seconds)
         return response
+
+    def stream(
+        self,
+        service: str,
+        rpc_path: str,
+        request: Message,
+        response_type: type[Message],
+        *,
+        metadata: Sequence[tuple[str, str]],
+    ) -> grpc.aio.UnaryStreamCall:
+        """Opens a server-streaming RPC (no deadline: a watch lives as long as its client)."""
+        multicallable = self._callables.get(rpc_path)
+        if multicallable is None:
+            multicallable = self._channels[service].unary_stream(
+                rpc_path,
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=response_type.FromString,
+            )
+            self._callables[rpc_path] = multicallable
+        call: grpc.aio.UnaryStreamCall = multicallable(request, metadata=tuple(metadata))
+        return call
 
     async def health(self, deadline_seconds: float) -> dict[str, str]:
         """`grpc.health.v1` status of every service, lower-cased (`serving`, `not_serving`, or

@@ -78,11 +78,14 @@ class PostgresNotifier(InProcessNotifier):
         super().__init__()
         self._dsn = dsn
         self._prefix = channel_prefix.lower()
-        self._sender = uuid.uuid4().hex[:12]
+        self._sender_id = uuid.uuid4().hex[:12]
         self._connection: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
         self._reconnect_seconds = reconnect_seconds
         self._monitor: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[str, str]] = []
+        self._outbox_ready = asyncio.Event()
         self._closed = False
 
     def channel(self, topic: str) -> str:
@@ -93,6 +96,7 @@ class PostgresNotifier(InProcessNotifier):
         """Connects and LISTENs; keeps the connection alive in the background."""
         await self._connect()
         self._monitor = asyncio.create_task(self._keep_connected(), name="pg-notifier-monitor")
+        self._sender = asyncio.create_task(self._send_loop(), name="pg-notifier-sender")
 
     async def _connect(self) -> None:
         connection = await asyncpg.connect(self._dsn, timeout=10)
@@ -117,18 +121,37 @@ class PostgresNotifier(InProcessNotifier):
 
     def _on_notification(self, _connection: Any, _pid: int, channel: str, payload: str) -> None:
         sender, _, message = payload.partition("|")
-        if sender == self._sender:
+        if sender == self._sender_id:
             return
         topic = channel[len(self._prefix) + 1 :]
         self.deliver([(topic, message)])
 
     async def publish(self, messages: Sequence[tuple[str, str]]) -> None:
-        """Delivers locally, then NOTIFYs the other processes in one statement."""
+        """Delivers locally at once and queues the NOTIFY for the other processes.
+
+        The NOTIFY is sent by a background task, never on the publisher's path: a commit's
+        caller (a worker about to run the next step) must not wait for a second round trip,
+        and messages published while one NOTIFY is in flight go out together in the next."""
         self.deliver(messages)
-        if not messages:
+        if not messages or self._closed:
             return
-        channels = [self.channel(topic) for topic, _ in messages]
-        payloads = [f"{self._sender}|{payload}" for _, payload in messages]
+        self._outbox.extend(messages)
+        self._outbox_ready.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if not batch:
+            return
+        # One wake-up of a topic says it all; other messages are kept in order, duplicates dropped.
+        unique = list(dict.fromkeys(batch))
+        channels = [self.channel(topic) for topic, _ in unique]
+        payloads = [f"{self._sender_id}|{payload}" for _, payload in unique]
         async with self._lock:
             connection = self._connection
             if connection is None or connection.is_closed():
@@ -143,9 +166,12 @@ class PostgresNotifier(InProcessNotifier):
     async def close(self) -> None:
         """Stops listening and closes the connection."""
         self._closed = True
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        for task in (self._monitor, self._sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(Exception):
+            await self._flush()  # what was published before closing still goes out
         if self._connection is not None and not self._connection.is_closed():
             await self._connection.close()

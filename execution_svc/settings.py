@@ -23,6 +23,24 @@ class ExecutionSettings(ServiceSettings):
         validation_alias=AliasChoices("FLOWFORGE_EXECUTION_WORKER_CONCURRENCY"),
         description="Attempts one worker runs at once.",
     )
+    worker_claim_batch: int = Field(
+        default=32,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_WORKER_CLAIM_BATCH"),
+        description="Most tasks one claim takes (they are started in one transaction).",
+    )
+    reap_seconds: float = Field(
+        default=5.0,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_REAP_SECONDS"),
+        description="How often a worker looks for expired leases to put back in the queue.",
+    )
+    static_agents: dict[str, str] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_STATIC_AGENTS"),
+        description=(
+            "JSON object of agent name -> URL served to every tenant, for development and tests "
+            "until workflow_svc resolves agents; empty means agents come from workflow_svc."
+        ),
+    )
     lease_seconds: float = Field(
         default=30.0,
         validation_alias=AliasChoices("FLOWFORGE_EXECUTION_LEASE_SECONDS"),
@@ -45,4 +63,34 @@ class ExecutionSettings(ServiceSettings):
         default=512,
         validation_alias=AliasChoices("FLOWFORGE_EXECUTION_MAX_CONNECTIONS"),
         description="Size of the shared HTTP connection pool to agents.",
+    )
+    circuit_failure_threshold: int = Field(
+        default=5,
+        gt=0,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_CIRCUIT_FAILURE_THRESHOLD"),
+        description="Consecutive retryable failures (5xx, 429, timeouts) that open an agent's circuit.",
+    )
+    circuit_open_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_CIRCUIT_OPEN_SECONDS"),
+        description="How long an open circuit refuses calls before one trial call is let through.",
+    )
+    agent_max_in_flight: int = Field(
+        default=64,
+        gt=0,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_AGENT_MAX_IN_FLIGHT"),
+        description="Most calls one process has in flight to one agent; further attempts wait for a slot.",
+    )
+    watch_buffer_events: int = Field(
+        default=256,
+        gt=0,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_WATCH_BUFFER_EVENTS"),
+        description="Events buffered per WatchRun/WatchEvents stream for a consumer that reads slowly.",
+    )
+    watch_stall_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("FLOWFORGE_EXECUTION_WATCH_STALL_SECONDS"),
+        description="A watcher whose buffer stays full this long is ended with RESOURCE_EXHAUSTED (it can resume).",
     )

@@ -2,7 +2,7 @@
 
 Authentication and scopes are the interceptor's (from each RPC's declared policy); domain
 errors become rich statuses there too. RPCs not overridden here (schedules, webhooks,
-WatchEvents, stats) still answer UNIMPLEMENTED from the generated base class.
+stats) still answer UNIMPLEMENTED from the generated base class.
 """
 
 from __future__ import annotations
@@ -23,17 +23,42 @@ from execution_svc.api.mappers import (
 )
 from execution_svc.domain.ports import WorkflowSource
 from execution_svc.domain.service import ExecutionEngine
+from execution_svc.domain.watch import EventFilter
+from execution_svc.executors.guard import AgentGuard, CircuitState
 from flowforge.execution.v1 import execution_service_pb2 as pb
 from flowforge.execution.v1 import execution_service_pb2_grpc
+from flowforge.workflow.v1 import agent_pb2
 from flowforge_common.auth import current_principal
+
+_CIRCUIT_TO_PROTO = {
+    CircuitState.CLOSED: agent_pb2.CIRCUIT_STATE_CLOSED,
+    CircuitState.OPEN: agent_pb2.CIRCUIT_STATE_OPEN,
+    CircuitState.HALF_OPEN: agent_pb2.CIRCUIT_STATE_HALF_OPEN,
+}
 
 
 class ExecutionServiceServicer(execution_service_pb2_grpc.ExecutionServiceServicer):
     """Proto <-> domain translation for ExecutionService."""
 
-    def __init__(self, engine: ExecutionEngine, workflows: WorkflowSource) -> None:
+    def __init__(
+        self, engine: ExecutionEngine, workflows: WorkflowSource, agent_guard: AgentGuard | None = None
+    ) -> None:
         self._engine = engine
         self._workflows = workflows
+        self._agent_guard = agent_guard or AgentGuard()
+
+    async def GetAgentCallStats(
+        self, request: pb.GetAgentCallStatsRequest, _context: grpc.aio.ServicerContext
+    ) -> pb.GetAgentCallStatsResponse:
+        """Internal: this replica's breaker and recent calls for one agent of the caller's tenant."""
+        runtime = self._agent_guard.runtime((current_principal().tenant_id, required(request.agent_name, "agent_name")))
+        return pb.GetAgentCallStatsResponse(
+            circuit=_CIRCUIT_TO_PROTO[runtime.circuit],
+            in_flight=runtime.in_flight,
+            recent_calls=runtime.recent_calls,
+            recent_success_rate=runtime.recent_success_rate,
+            p50_latency_ms=runtime.p50_latency_ms,
+        )
 
     async def ExecuteWorkflow(
         self, request: pb.ExecuteWorkflowRequest, _context: grpc.aio.ServicerContext
@@ -90,9 +115,7 @@ class ExecutionServiceServicer(execution_service_pb2_grpc.ExecutionServiceServic
         return pb.RetryRunResponse(run=run_to_proto(run))
 
     async def RetryStep(self, request: pb.RetryStepRequest, _context: grpc.aio.ServicerContext) -> pb.RetryStepResponse:
-        run = await self._engine.retry_step(
-            step_id=required(request.step_id, "step_id"), **self._control(request)
-        )
+        run = await self._engine.retry_step(step_id=required(request.step_id, "step_id"), **self._control(request))
         return pb.RetryStepResponse(run=run_to_proto(run))
 
     async def SendSignal(
@@ -124,13 +147,34 @@ class ExecutionServiceServicer(execution_service_pb2_grpc.ExecutionServiceServic
         return pb.ListRunLogsResponse(items=[event_to_log(event) for event in events])
 
     async def WatchRun(
-        self, request: pb.WatchRunRequest, _context: grpc.aio.ServicerContext
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        events = self._engine.watch_run(
+        stream = await self._engine.open_run_watch(
             current_principal().tenant_id, required(request.run_id, "run_id"), after_seq=request.after_seq
         )
-        async for event in events:
-            yield pb.WatchRunResponse(event=event_to_proto(event))
+        try:
+            # Headers now: the edge knows the watch is accepted before the first event exists.
+            await context.send_initial_metadata(())
+            async for event in stream:
+                yield pb.WatchRunResponse(event=event_to_proto(event))
+        finally:
+            await stream.aclose()
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        filters = EventFilter(
+            workflow_id=request.workflow_id, run_id=request.run_id, types=frozenset(t for t in request.types if t)
+        )
+        stream = await self._engine.open_events_watch(
+            current_principal().tenant_id, filters, after_cursor=request.after_cursor
+        )
+        try:
+            await context.send_initial_metadata(())
+            async for logged in stream:
+                yield pb.WatchEventsResponse(event=event_to_proto(logged.event), cursor=logged.position)
+        finally:
+            await stream.aclose()
 
     @staticmethod
     def _control(request: Any) -> dict[str, Any]:

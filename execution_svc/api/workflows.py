@@ -18,6 +18,7 @@ from flowforge_common.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from flowforge_common.service_identity import ServiceCredential
 
 _ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -27,20 +28,22 @@ _ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
 
 
 class WorkflowServiceSource:
-    """Calls workflow_svc's public `GetWorkflow` on the caller's behalf (its bearer token is
-    forwarded, so tenancy and scopes are workflow_svc's to enforce).
+    """Calls workflow_svc's public `GetWorkflow` on the caller's behalf: a caller's bearer token
+    is forwarded, so tenancy and scopes are workflow_svc's to enforce; a caller without one (an
+    API key, a schedule) is represented by the service token for its tenant, after this service
+    checked its `runs:execute` scope."""
 
-    TODO: callers authenticated by API key carry no token to forward; they need a service
-    identity plus an internal `GetWorkflowSnapshot(tenant_id, id, version)` RPC.
-    """
-
-    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = 5.0) -> None:
+    def __init__(self, channel: grpc.aio.Channel, credential: ServiceCredential, *, timeout: float = 5.0) -> None:
         self._stub = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        self._credential = credential
         self._timeout = timeout
 
     async def fetch(self, caller: Principal, workflow_id: str, version: int | None) -> Mapping[str, Any]:
         """See `WorkflowSource.fetch`."""
-        metadata = [("authorization", f"Bearer {caller.token}")] if caller.token else []
+        if caller.token:
+            metadata = [("authorization", f"Bearer {caller.token}")]
+        else:
+            metadata = self._credential.metadata(caller.tenant_id)
         try:
             response = await self._stub.GetWorkflow(
                 workflow_service_pb2.GetWorkflowRequest(id=workflow_id, version=version or 0),

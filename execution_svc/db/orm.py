@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    and_,
     text,
 )
 
@@ -47,6 +48,9 @@ runs = Table(
     Column("pause_reason", STATUS, nullable=True),
     # Last event seq written; the run row lock serialises writers, so seqs have no gaps.
     Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
+    # Bumped by every transaction that changes the run or its step rows (under the run lock):
+    # an engine holding the state it last wrote reuses it while the version still matches.
+    Column("state_version", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
@@ -115,9 +119,21 @@ tasks = Table(
     # Bumped on every lease: a result is accepted only with the current token.
     Column("fencing_token", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # `<tenant_id>:<key value>` of a step with `concurrency`: at most `concurrency_limit` leased
+    # tasks share one key (checked when tasks are claimed).
+    Column("concurrency_key", String(600), nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
     # One task per step row: a step can never be queued twice.
     UniqueConstraint("run_id", "step_id", "item_index"),
     Index("ix_tasks_lease_owner", "lease_owner"),
+)
+_KEYED_AND_LEASED = and_(tasks.c.concurrency_key.is_not(None), tasks.c.state == "leased")
+# Counting the leased tasks of a concurrency key at claim time stays cheap however long the queue.
+Index(
+    "ix_tasks_concurrency_key",
+    tasks.c.concurrency_key,
+    postgresql_where=_KEYED_AND_LEASED,
+    sqlite_where=_KEYED_AND_LEASED,
 )
 _READY = tasks.c.state == "ready"
 # The claim query walks ready tasks by priority, then age; partial, so leased and held rows

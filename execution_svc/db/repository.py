@@ -11,11 +11,28 @@ never waits (`SKIP LOCKED`).
 from __future__ import annotations
 
 import datetime as dt
+import json
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, delete, func, insert, literal_column, select, tuple_, update
+import asyncpg
+from sqlalchemy import (
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from execution_svc.db.orm import events, idempotency_keys, run_steps, runs, step_attempts, tasks
@@ -51,6 +68,18 @@ from flowforge_common.ids import new_id
 _IS_READY = tasks.c.state == literal_column("'ready'")
 _IS_LEASED = tasks.c.state == literal_column("'leased'")
 _IS_HELD = tasks.c.state == literal_column("'held'")
+
+_RUN_UPDATE_COLUMNS = (
+    "status",
+    "output",
+    "error",
+    "pause_reason",
+    "started_at",
+    "completed_at",
+    "updated_at",
+    "last_seq",
+    "state_version",
+)
 
 _STEP_UPDATE_COLUMNS = (
     "status",
@@ -95,6 +124,7 @@ def _run_from_row(row: Row[Any]) -> RunRecord:
         started_at=row.started_at,
         completed_at=row.completed_at,
         last_seq=row.last_seq,
+        state_version=row.state_version,
     )
 
 
@@ -108,6 +138,7 @@ def _run_values(run: RunRecord) -> dict[str, Any]:
         "completed_at": run.completed_at,
         "updated_at": run.updated_at,
         "last_seq": run.last_seq,
+        "state_version": run.state_version,
     }
 
 
@@ -119,6 +150,83 @@ async def lock_run(session: AsyncSession, tenant_id: str, run_id: str) -> RunRec
     )
     row = result.first()
     return _run_from_row(row) if row is not None else None
+
+
+async def lock_run_version(session: AsyncSession, tenant_id: str, run_id: str) -> int | None:
+    """Locks the run like `lock_run` but reads only its `state_version` (None when there is no
+    such run): enough when the caller still holds the state of that version."""
+    result = await session.execute(
+        select(runs.c.state_version).where(runs.c.tenant_id == tenant_id, runs.c.id == run_id).with_for_update()
+    )
+    row = result.first()
+    return int(row.state_version) if row is not None else None
+
+
+async def lock_run_versions(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Locks several runs, given as (tenant_id, run_id), in id order (the global lock order),
+    and reads their `state_version`s; runs that do not exist are left out."""
+    if not keys:
+        return {}
+    result = await session.execute(
+        select(runs.c.id, runs.c.state_version)
+        .where(tuple_(runs.c.tenant_id, runs.c.id).in_(sorted(set(keys))))
+        .order_by(runs.c.id)
+        .with_for_update()
+    )
+    return {row.id: int(row.state_version) for row in result}
+
+
+_LOCK_RUNS_AND_LEASES = """
+WITH r AS (
+    SELECT id, state_version FROM runs
+    -- `id = ANY` lets the primary key find the rows; the pairs then check the tenants.
+    WHERE id = ANY($2::text[]) AND (tenant_id, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+    ORDER BY id
+    FOR UPDATE
+), t AS (
+    SELECT id FROM tasks
+    WHERE id = ANY($4::text[])
+      AND (tenant_id, id, fencing_token, lease_owner)
+        IN (SELECT * FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[]))
+      AND state = 'leased' AND lease_expires_at > $7
+    FOR UPDATE
+)
+SELECT id, state_version FROM r
+UNION ALL
+SELECT id, NULL FROM t
+"""
+
+
+async def lock_runs_and_leases(
+    session: AsyncSession, keys: Sequence[tuple[str, str]], leases: Sequence[TaskLease], now: dt.datetime
+) -> tuple[dict[str, int], set[str]]:
+    """`lock_run_versions` then `current_leases` (runs first: the lock order), in one round
+    trip on PostgreSQL."""
+    if not _is_postgres(session) or not leases:
+        return await lock_run_versions(session, keys), await current_leases(session, leases, now)
+    run_keys = sorted(set(keys))
+    lease_keys = sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
+    rows = await _fetch(
+        session,
+        _LOCK_RUNS_AND_LEASES,
+        [k[0] for k in run_keys],
+        [k[1] for k in run_keys],
+        [k[0] for k in lease_keys],
+        [k[1] for k in lease_keys],
+        [k[2] for k in lease_keys],
+        [k[3] for k in lease_keys],
+        now,
+    )
+    versions = {row["id"]: int(row["state_version"]) for row in rows if row["state_version"] is not None}
+    return versions, {row["id"] for row in rows if row["state_version"] is None}
+
+
+async def get_runs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> list[RunRecord]:
+    """Several runs, given as (tenant_id, run_id), unlocked (callers lock them first)."""
+    if not keys:
+        return []
+    result = await session.execute(select(runs).where(tuple_(runs.c.tenant_id, runs.c.id).in_(sorted(set(keys)))))
+    return [_run_from_row(row) for row in result]
 
 
 async def get_run(session: AsyncSession, tenant_id: str, run_id: str) -> RunRecord | None:
@@ -201,6 +309,19 @@ async def load_steps(session: AsyncSession, tenant_id: str, run_id: str) -> list
     return [_step_from_row(row) for row in result]
 
 
+async def load_steps_of_runs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> dict[str, list[StepRecord]]:
+    """Every step row of several runs, given as (tenant_id, run_id), by run id."""
+    loaded: dict[str, list[StepRecord]] = {run_id: [] for _, run_id in keys}
+    if not keys:
+        return loaded
+    result = await session.execute(
+        select(run_steps).where(tuple_(run_steps.c.tenant_id, run_steps.c.run_id).in_(sorted(set(keys))))
+    )
+    for row in result:
+        loaded[row.run_id].append(_step_from_row(row))
+    return loaded
+
+
 async def load_attempts(session: AsyncSession, tenant_id: str, run_id: str) -> list[AttemptRecord]:
     """Every attempt of a run's steps, in attempt order."""
     result = await session.execute(
@@ -227,130 +348,427 @@ async def load_attempts(session: AsyncSession, tenant_id: str, run_id: str) -> l
 
 
 async def save_state(session: AsyncSession, state: RunState) -> list[TaskLease]:
-    """Writes everything the scheduler changed, in this order: run, step rows, attempts,
-    events, queue operations. Returns the leases of tasks dispatched eagerly."""
-    run = state.run
-    tenant_id = run.tenant_id
-    if state.run_is_new:
-        await session.execute(
-            insert(runs).values(
-                id=run.id,
-                tenant_id=tenant_id,
-                workflow_id=run.workflow_id,
-                workflow_name=run.workflow_name,
-                workflow_version=run.workflow_version,
-                workflow=run.workflow,
-                input=run.input,
-                trigger=run.trigger.value,
-                triggered_by=run.triggered_by,
-                parent_run_id=run.parent_run_id,
-                parent_step_id=run.parent_step_id,
-                created_at=run.created_at,
-                **_run_values(run),
-            )
-        )
-    elif state.run_dirty:
-        await session.execute(
-            update(runs).where(runs.c.tenant_id == tenant_id, runs.c.id == run.id).values(**_run_values(run))
-        )
-    await _save_steps(session, state)
-    await _save_attempts(session, state)
-    if state.events:
-        await session.execute(insert(events), [_event_values(event) for event in state.events])
-    return await _apply_task_ops(session, tenant_id, run.id, state.task_ops)
+    """Writes everything the scheduler changed in one run; see `save_states`."""
+    return await save_states(session, [state])
 
 
-async def _save_steps(session: AsyncSession, state: RunState) -> None:
-    run = state.run
-    if state.deleted:
-        await session.execute(
-            delete(run_steps).where(
-                run_steps.c.tenant_id == run.tenant_id,
-                run_steps.c.run_id == run.id,
-                tuple_(run_steps.c.step_id, run_steps.c.item_index).in_(sorted(state.deleted)),
-            )
-        )
-    if state.inserted:
-        await session.execute(
-            insert(run_steps),
-            [
+async def save_states(session: AsyncSession, states: Sequence[RunState]) -> list[TaskLease]:
+    """Writes everything the scheduler changed in `states` (runs locked by this transaction),
+    in this order: runs, step rows, attempts, events, queue operations; each kind for every
+    run at once, in multi-row statements. Returns the leases of tasks dispatched eagerly."""
+    new_runs: list[dict[str, Any]] = []
+    changed_runs: list[dict[str, Any]] = []
+    for state in states:
+        run = state.run
+        if state.inserted or state.updated or state.deleted:
+            state.run_dirty = True
+        if state.run_is_new:
+            run.state_version = 1
+            new_runs.append(
                 {
-                    "run_id": run.id,
+                    "id": run.id,
                     "tenant_id": run.tenant_id,
-                    "step_id": key[0],
-                    "item_index": key[1],
-                    **_step_values(state.rows[key]),
+                    "workflow_id": run.workflow_id,
+                    "workflow_name": run.workflow_name,
+                    "workflow_version": run.workflow_version,
+                    "workflow": run.workflow,
+                    "input": run.input,
+                    "trigger": run.trigger.value,
+                    "triggered_by": run.triggered_by,
+                    "parent_run_id": run.parent_run_id,
+                    "parent_step_id": run.parent_step_id,
+                    "created_at": run.created_at,
+                    **_run_values(run),
                 }
-                for key in sorted(state.inserted)
-            ],
-        )
-    if state.updated:
-        # One statement per row (executemany): each row's values differ.
-        await session.execute(
-            update(run_steps)
-            .where(
-                run_steps.c.tenant_id == run.tenant_id,
-                run_steps.c.run_id == run.id,
-                run_steps.c.step_id == bindparam("k_step_id"),
-                run_steps.c.item_index == bindparam("k_item_index"),
             )
-            .values({name: bindparam(f"v_{name}") for name in _STEP_UPDATE_COLUMNS}),
-            [
-                {
-                    "k_step_id": key[0],
-                    "k_item_index": key[1],
-                    **{f"v_{k}": v for k, v in _step_values(state.rows[key]).items()},
-                }
-                for key in sorted(state.updated)
-            ],
-        )
+        elif state.run_dirty:
+            run.state_version += 1
+            changed_runs.append(
+                {"k_tenant_id": run.tenant_id, "k_id": run.id, **{f"v_{k}": v for k, v in _run_values(run).items()}}
+            )
+    if _is_postgres(session) and all(_fits_one_statement(state) for state in states):
+        return await _save_in_one_statement(session, states, new_runs, changed_runs)
+    if new_runs:
+        await session.execute(insert(runs), new_runs)
+    if changed_runs:
+        await session.execute(_UPDATE_RUN, changed_runs)
+    await _save_steps(session, states)
+    await _save_attempts(session, states)
+    all_events = [_event_values(event) for state in states for event in state.events]
+    if all_events:
+        await session.execute(insert(events), all_events)
+    return await _apply_queue(session, states)
 
 
-async def _save_attempts(session: AsyncSession, state: RunState) -> None:
-    run = state.run
-    if state.attempts_inserted:
-        await session.execute(
-            insert(step_attempts),
-            [
-                {
-                    "run_id": run.id,
-                    "tenant_id": run.tenant_id,
-                    "step_id": record.step_id,
-                    "item_index": record.item_index,
-                    "attempt": record.attempt,
-                    "status": record.status.value,
-                    "error": record.error.to_dict() if record.error else None,
-                    "started_at": record.started_at,
-                    "completed_at": record.completed_at,
-                }
-                for ident in sorted(state.attempts_inserted)
-                if (record := state.attempts[ident])
-            ],
-        )
-    if state.attempts_updated:
-        await session.execute(
-            update(step_attempts)
-            .where(
-                step_attempts.c.tenant_id == run.tenant_id,
-                step_attempts.c.run_id == run.id,
-                step_attempts.c.step_id == bindparam("k_step_id"),
-                step_attempts.c.item_index == bindparam("k_item_index"),
-                step_attempts.c.attempt == bindparam("k_attempt"),
+# asyncpg connections already switched to generic plans (see `_driver_connection`).
+_GENERIC_PLANS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+async def _driver_connection(session: AsyncSession) -> Any:
+    """The session's asyncpg connection, inside the session's transaction, for the statements
+    written for PostgreSQL alone.
+
+    SQLAlchemy sends BEGIN lazily, with its own first statement: it is sent here first, so
+    that these statements (and their row locks) belong to the transaction. Their text never
+    changes and their parameters never change the best plan, but the planner would build five
+    custom plans per connection before settling, and planning them costs more than running
+    them: generic plans from the start."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    if not driver.is_in_transaction():
+        adapter: Any = raw.dbapi_connection
+        starter = getattr(adapter, "_start_transaction", None)
+        if starter is not None and getattr(adapter, "_transaction", "") is None:
+            await starter()
+        else:
+            await session.execute(text("SELECT 1"))
+        if not driver.is_in_transaction():
+            raise RuntimeError("the session did not begin a transaction")
+    if driver not in _GENERIC_PLANS:
+        await driver.execute("SET plan_cache_mode = force_generic_plan")
+        _GENERIC_PLANS.add(driver)
+    return driver
+
+
+async def _fetch(session: AsyncSession, sql: str, *args: Any) -> list[Any]:
+    """A PostgreSQL-only statement in the session's transaction; driver errors come back as
+    SQLAlchemy's, so that conflicts are retried and duplicates recognised as they are elsewhere."""
+    driver = await _driver_connection(session)
+    try:
+        return list(await driver.fetch(sql, *args))
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise IntegrityError(sql, args, error) from error
+    except asyncpg.PostgresError as error:
+        raise DBAPIError(sql, args, error) from error
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
+def _fits_one_statement(state: RunState) -> bool:
+    """Deleted step rows and whole-run queue operations take the general path."""
+    return not state.deleted and all(isinstance(op, UpsertTask | DeleteTask) for op in state.task_ops)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_RUN_RECORD = (
+    "id varchar, tenant_id varchar, workflow_id varchar, workflow_name varchar, workflow_version int, "
+    "workflow jsonb, input jsonb, trigger varchar, triggered_by varchar, parent_run_id varchar, "
+    "parent_step_id varchar, created_at timestamptz, status varchar, output jsonb, error jsonb, "
+    "pause_reason varchar, started_at timestamptz, completed_at timestamptz, updated_at timestamptz, "
+    "last_seq bigint, state_version bigint"
+)
+_RUN_COLUMNS = ", ".join(part.split()[0] for part in _RUN_RECORD.split(", "))
+_STEP_RECORD = (
+    "run_id varchar, tenant_id varchar, step_id varchar, item_index int, status varchar, attempt int, "
+    "retry_base int, lease_losses int, input jsonb, output jsonb, error jsonb, agent varchar, signal varchar, "
+    "items_total int, ready_at timestamptz, deadline_at timestamptz, started_at timestamptz, "
+    "completed_at timestamptz"
+)
+_STEP_COLUMNS = ", ".join(part.split()[0] for part in _STEP_RECORD.split(", "))
+_ATTEMPT_RECORD = (
+    "run_id varchar, tenant_id varchar, step_id varchar, item_index int, attempt int, status varchar, "
+    "error jsonb, started_at timestamptz, completed_at timestamptz"
+)
+_ATTEMPT_COLUMNS = ", ".join(part.split()[0] for part in _ATTEMPT_RECORD.split(", "))
+_EVENT_RECORD = (
+    "tenant_id varchar, run_id varchar, workflow_id varchar, seq bigint, type varchar, step_id varchar, "
+    "timestamp timestamptz, data jsonb"
+)
+_EVENT_COLUMNS = ", ".join(part.split()[0] for part in _EVENT_RECORD.split(", "))
+_TASK_RECORD = (
+    "id varchar, tenant_id varchar, run_id varchar, step_id varchar, item_index int, kind varchar, "
+    "state varchar, priority smallint, available_at timestamptz, lease_owner varchar, "
+    "lease_expires_at timestamptz, fencing_token bigint, created_at timestamptz, concurrency_key varchar, "
+    "concurrency_limit int"
+)
+_TASK_COLUMNS = ", ".join(part.split()[0] for part in _TASK_RECORD.split(", "))
+
+
+def _assignments(columns: str, keys: set[str]) -> str:
+    return ", ".join(f"{name} = x.{name}" for name in columns.split(", ") if name not in keys)
+
+
+# Everything a transaction changed, written by one statement (one round trip): data-modifying
+# CTEs, each fed by one array of the JSON parameter. The text never changes, so it is prepared
+# once per connection. PostgreSQL only; SQLite takes the statement-per-kind path.
+_SAVE_SQL = f"""
+WITH d AS (SELECT $1::text::jsonb AS j),
+new_runs AS (
+    INSERT INTO runs ({_RUN_COLUMNS})
+    SELECT {_RUN_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_runs' FROM d)) AS x({_RUN_RECORD})
+),
+changed_runs AS (
+    UPDATE runs AS r SET {_assignments(_RUN_COLUMNS, {
+        "id", "tenant_id", "workflow_id", "workflow_name", "workflow_version", "workflow", "input", "trigger",
+        "triggered_by", "parent_run_id", "parent_step_id", "created_at",
+    })}
+    FROM jsonb_to_recordset((SELECT j->'changed_runs' FROM d)) AS x({_RUN_RECORD})
+    -- `= ANY($2)` makes the primary key find the rows: the planner cannot see how few the
+    -- JSON holds and would otherwise scan the table.
+    WHERE r.id = ANY($2::text[]) AND r.tenant_id = x.tenant_id AND r.id = x.id
+),
+new_steps AS (
+    INSERT INTO run_steps ({_STEP_COLUMNS})
+    SELECT {_STEP_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_steps' FROM d)) AS x({_STEP_RECORD})
+),
+changed_steps AS (
+    UPDATE run_steps AS s SET {_assignments(_STEP_COLUMNS, {"run_id", "tenant_id", "step_id", "item_index"})}
+    FROM jsonb_to_recordset((SELECT j->'changed_steps' FROM d)) AS x({_STEP_RECORD})
+    WHERE s.tenant_id = x.tenant_id AND s.run_id = x.run_id AND s.step_id = x.step_id
+      AND s.item_index = x.item_index
+),
+new_attempts AS (
+    INSERT INTO step_attempts ({_ATTEMPT_COLUMNS})
+    SELECT {_ATTEMPT_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_attempts' FROM d)) AS x({_ATTEMPT_RECORD})
+),
+changed_attempts AS (
+    UPDATE step_attempts AS a SET status = x.status, error = x.error, completed_at = x.completed_at
+    FROM jsonb_to_recordset((SELECT j->'changed_attempts' FROM d)) AS x({_ATTEMPT_RECORD})
+    WHERE a.tenant_id = x.tenant_id AND a.run_id = x.run_id AND a.step_id = x.step_id
+      AND a.item_index = x.item_index AND a.attempt = x.attempt
+),
+new_events AS (
+    INSERT INTO events ({_EVENT_COLUMNS})
+    SELECT {_EVENT_COLUMNS} FROM jsonb_to_recordset((SELECT j->'events' FROM d)) AS x({_EVENT_RECORD})
+),
+deleted_tasks AS (
+    DELETE FROM tasks AS t
+    USING jsonb_to_recordset((SELECT j->'deleted_tasks' FROM d))
+        AS x(tenant_id varchar, run_id varchar, step_id varchar, item_index int)
+    WHERE t.tenant_id = x.tenant_id AND t.run_id = x.run_id AND t.step_id = x.step_id
+      AND t.item_index = x.item_index
+)
+INSERT INTO tasks ({_TASK_COLUMNS})
+SELECT {_TASK_COLUMNS} FROM jsonb_to_recordset((SELECT j->'tasks' FROM d)) AS x({_TASK_RECORD})
+ON CONFLICT (run_id, step_id, item_index) DO UPDATE SET
+    kind = excluded.kind, state = excluded.state, priority = excluded.priority,
+    available_at = excluded.available_at, lease_owner = excluded.lease_owner,
+    lease_expires_at = excluded.lease_expires_at, concurrency_key = excluded.concurrency_key,
+    concurrency_limit = excluded.concurrency_limit,
+    -- A re-queued task gets a new token: whoever held it before is fenced off.
+    fencing_token = tasks.fencing_token + 1
+RETURNING id, run_id, step_id, item_index, fencing_token
+"""
+
+
+async def _save_in_one_statement(
+    session: AsyncSession,
+    states: Sequence[RunState],
+    new_runs: list[dict[str, Any]],
+    changed_runs: list[dict[str, Any]],
+) -> list[TaskLease]:
+    steps_new: list[dict[str, Any]] = []
+    steps_changed: list[dict[str, Any]] = []
+    attempts_new: list[dict[str, Any]] = []
+    attempts_changed: list[dict[str, Any]] = []
+    deleted: list[dict[str, Any]] = []
+    upserted: list[dict[str, Any]] = []
+    ops_by_key: dict[tuple[str, str, int], tuple[str, UpsertTask]] = {}
+    for state in states:
+        run = state.run
+        base = {"run_id": run.id, "tenant_id": run.tenant_id}
+        for keys, target in ((state.inserted, steps_new), (state.updated, steps_changed)):
+            for key in sorted(keys):
+                target.append({**base, "step_id": key[0], "item_index": key[1], **_step_values(state.rows[key])})
+        for idents, target in ((state.attempts_inserted, attempts_new), (state.attempts_updated, attempts_changed)):
+            for ident in sorted(idents):
+                record = state.attempts[ident]
+                target.append(
+                    {
+                        **base,
+                        "step_id": record.step_id,
+                        "item_index": record.item_index,
+                        "attempt": record.attempt,
+                        "status": record.status.value,
+                        "error": record.error.to_dict() if record.error else None,
+                        "started_at": record.started_at,
+                        "completed_at": record.completed_at,
+                    }
+                )
+        # The last operation on a key decides: the upsert overwrites a task deleted before it.
+        last: dict[tuple[str, int], TaskOp] = {}
+        for op in state.task_ops:
+            if isinstance(op, UpsertTask | DeleteTask):
+                last[(op.step_id, op.item_index)] = op
+        for (step_id, item_index), op in sorted(last.items()):
+            if isinstance(op, DeleteTask):
+                deleted.append({**base, "step_id": step_id, "item_index": item_index})
+            elif isinstance(op, UpsertTask):
+                ops_by_key[(run.id, step_id, item_index)] = (run.tenant_id, op)
+                upserted.append(
+                    {
+                        "id": new_id("tsk"),
+                        **base,
+                        "step_id": step_id,
+                        "item_index": item_index,
+                        "kind": op.kind.value,
+                        "state": op.state.value,
+                        "priority": op.priority,
+                        "available_at": op.available_at,
+                        "lease_owner": op.lease_owner,
+                        "lease_expires_at": op.lease_expires_at,
+                        "fencing_token": 1,
+                        "created_at": op.available_at,
+                        "concurrency_key": op.concurrency_key,
+                        "concurrency_limit": op.concurrency_limit,
+                    }
+                )
+    payload = {
+        "new_runs": new_runs,
+        "changed_runs": [
+            {"id": row["k_id"], "tenant_id": row["k_tenant_id"], **{k[2:]: v for k, v in row.items() if k[:2] == "v_"}}
+            for row in changed_runs
+        ],
+        "new_steps": steps_new,
+        "changed_steps": steps_changed,
+        "new_attempts": attempts_new,
+        "changed_attempts": attempts_changed,
+        "events": [_event_values(event) for state in states for event in state.events],
+        "deleted_tasks": deleted,
+        "tasks": upserted,
+    }
+    result = await _fetch(
+        session,
+        _SAVE_SQL,
+        json.dumps(payload, default=_json_default, separators=(",", ":")),
+        [row["k_id"] for row in changed_runs],
+    )
+    leases: list[TaskLease] = []
+    for row in result:
+        tenant_id, op = ops_by_key[(row["run_id"], row["step_id"], row["item_index"])]
+        if op.lease_owner is not None and op.lease_expires_at is not None:
+            leases.append(
+                TaskLease(
+                    task_id=row["id"],
+                    tenant_id=tenant_id,
+                    run_id=row["run_id"],
+                    step_id=row["step_id"],
+                    item_index=row["item_index"],
+                    kind=op.kind,
+                    token=row["fencing_token"],
+                    owner=op.lease_owner,
+                    expires_at=op.lease_expires_at,
+                )
             )
-            .values(status=bindparam("v_status"), error=bindparam("v_error"), completed_at=bindparam("v_completed_at")),
-            [
-                {
-                    "k_step_id": record.step_id,
-                    "k_item_index": record.item_index,
-                    "k_attempt": record.attempt,
-                    "v_status": record.status.value,
-                    "v_error": record.error.to_dict() if record.error else None,
-                    "v_completed_at": record.completed_at,
-                }
-                for ident in sorted(state.attempts_updated)
-                if (record := state.attempts[ident])
-            ],
-        )
+    return leases
+
+
+_UPDATE_RUN = (
+    update(runs)
+    .where(runs.c.tenant_id == bindparam("k_tenant_id"), runs.c.id == bindparam("k_id"))
+    .values({name: bindparam(f"v_{name}") for name in _RUN_UPDATE_COLUMNS})
+)
+
+
+async def _save_steps(session: AsyncSession, states: Sequence[RunState]) -> None:
+    for state in states:
+        run = state.run
+        if state.deleted:
+            await session.execute(
+                delete(run_steps).where(
+                    run_steps.c.tenant_id == run.tenant_id,
+                    run_steps.c.run_id == run.id,
+                    tuple_(run_steps.c.step_id, run_steps.c.item_index).in_(sorted(state.deleted)),
+                )
+            )
+    inserted = [
+        {
+            "run_id": state.run.id,
+            "tenant_id": state.run.tenant_id,
+            "step_id": key[0],
+            "item_index": key[1],
+            **_step_values(state.rows[key]),
+        }
+        for state in states
+        for key in sorted(state.inserted)
+    ]
+    if inserted:
+        await session.execute(insert(run_steps), inserted)
+    updated = [
+        {
+            "k_tenant_id": state.run.tenant_id,
+            "k_run_id": state.run.id,
+            "k_step_id": key[0],
+            "k_item_index": key[1],
+            **{f"v_{k}": v for k, v in _step_values(state.rows[key]).items()},
+        }
+        for state in states
+        for key in sorted(state.updated)
+    ]
+    if updated:
+        # One statement per row (executemany, pipelined by the driver): each row's values differ.
+        await session.execute(_UPDATE_STEP, updated)
+
+
+_UPDATE_STEP = (
+    update(run_steps)
+    .where(
+        run_steps.c.tenant_id == bindparam("k_tenant_id"),
+        run_steps.c.run_id == bindparam("k_run_id"),
+        run_steps.c.step_id == bindparam("k_step_id"),
+        run_steps.c.item_index == bindparam("k_item_index"),
+    )
+    .values({name: bindparam(f"v_{name}") for name in _STEP_UPDATE_COLUMNS})
+)
+
+
+async def _save_attempts(session: AsyncSession, states: Sequence[RunState]) -> None:
+    inserted = [
+        {
+            "run_id": state.run.id,
+            "tenant_id": state.run.tenant_id,
+            "step_id": record.step_id,
+            "item_index": record.item_index,
+            "attempt": record.attempt,
+            "status": record.status.value,
+            "error": record.error.to_dict() if record.error else None,
+            "started_at": record.started_at,
+            "completed_at": record.completed_at,
+        }
+        for state in states
+        for ident in sorted(state.attempts_inserted)
+        if (record := state.attempts[ident])
+    ]
+    if inserted:
+        await session.execute(insert(step_attempts), inserted)
+    updated = [
+        {
+            "k_tenant_id": state.run.tenant_id,
+            "k_run_id": state.run.id,
+            "k_step_id": record.step_id,
+            "k_item_index": record.item_index,
+            "k_attempt": record.attempt,
+            "v_status": record.status.value,
+            "v_error": record.error.to_dict() if record.error else None,
+            "v_completed_at": record.completed_at,
+        }
+        for state in states
+        for ident in sorted(state.attempts_updated)
+        if (record := state.attempts[ident])
+    ]
+    if updated:
+        await session.execute(_UPDATE_ATTEMPT, updated)
+
+
+_UPDATE_ATTEMPT = (
+    update(step_attempts)
+    .where(
+        step_attempts.c.tenant_id == bindparam("k_tenant_id"),
+        step_attempts.c.run_id == bindparam("k_run_id"),
+        step_attempts.c.step_id == bindparam("k_step_id"),
+        step_attempts.c.item_index == bindparam("k_item_index"),
+        step_attempts.c.attempt == bindparam("k_attempt"),
+    )
+    .values(status=bindparam("v_status"), error=bindparam("v_error"), completed_at=bindparam("v_completed_at"))
+)
 
 
 def _event_values(event: EventRecord) -> dict[str, Any]:
@@ -366,10 +784,51 @@ def _event_values(event: EventRecord) -> dict[str, Any]:
     }
 
 
+async def _apply_queue(session: AsyncSession, states: Sequence[RunState]) -> list[TaskLease]:
+    """Queue operations of every run. The common case (each run only deletes tasks, then
+    upserts others) is written as one multi-row DELETE and one multi-row upsert for all runs;
+    anything else is applied run by run, in order."""
+    simple: list[RunState] = []
+    leases: list[TaskLease] = []
+    for state in states:
+        if _deletes_then_upserts(state.task_ops):
+            simple.append(state)
+        else:
+            leases += await _apply_task_ops(session, state.run.tenant_id, state.run.id, state.task_ops)
+    deletes = sorted(
+        {
+            (state.run.tenant_id, state.run.id, op.step_id, op.item_index)
+            for state in simple
+            for op in state.task_ops
+            if isinstance(op, DeleteTask)
+        }
+    )
+    if deletes:
+        key = tuple_(tasks.c.tenant_id, tasks.c.run_id, tasks.c.step_id, tasks.c.item_index)
+        await session.execute(delete(tasks).where(key.in_(deletes)))
+    upserts = [
+        (state.run.tenant_id, state.run.id, [op for op in state.task_ops if isinstance(op, UpsertTask)])
+        for state in simple
+    ]
+    if any(ops for _, _, ops in upserts):
+        leases += await _upsert_tasks(session, upserts)
+    return leases
+
+
+def _deletes_then_upserts(ops: Sequence[TaskOp]) -> bool:
+    seen_upsert = False
+    for op in ops:
+        if isinstance(op, UpsertTask):
+            seen_upsert = True
+        elif not isinstance(op, DeleteTask) or seen_upsert:
+            return False
+    return True
+
+
 async def _apply_task_ops(
     session: AsyncSession, tenant_id: str, run_id: str, ops: Sequence[TaskOp]
 ) -> list[TaskLease]:
-    """Applies queue operations in order, batching consecutive upserts and deletes."""
+    """Applies one run's queue operations in order, batching consecutive upserts and deletes."""
     leases: list[TaskLease] = []
     index = 0
     while index < len(ops):
@@ -381,7 +840,7 @@ async def _apply_task_ops(
             batch = ops[index:end]
             if isinstance(op, UpsertTask):
                 upserts = [o for o in batch if isinstance(o, UpsertTask)]
-                leases += await _upsert_tasks(session, tenant_id, run_id, upserts)
+                leases += await _upsert_tasks(session, [(tenant_id, run_id, upserts)])
             else:
                 await session.execute(
                     delete(tasks).where(
@@ -418,10 +877,16 @@ async def _apply_task_ops(
 
 
 async def _upsert_tasks(
-    session: AsyncSession, tenant_id: str, run_id: str, ops: list[UpsertTask]
+    session: AsyncSession, per_run: Sequence[tuple[str, str, list[UpsertTask]]]
 ) -> list[TaskLease]:
-    # The last operation on a key wins; PostgreSQL refuses to touch one row twice per statement.
-    latest = {(op.step_id, op.item_index): op for op in ops}
+    """One multi-row upsert for the tasks of several runs: (tenant_id, run_id, operations)."""
+    latest: dict[tuple[str, str, int], tuple[str, UpsertTask]] = {}
+    for tenant_id, run_id, ops in per_run:
+        # The last operation on a key wins; PostgreSQL refuses to touch one row twice per statement.
+        for op in ops:
+            latest[(run_id, op.step_id, op.item_index)] = (tenant_id, op)
+    if not latest:
+        return []
     rows = [
         {
             "id": new_id("tsk"),
@@ -437,23 +902,25 @@ async def _upsert_tasks(
             "lease_expires_at": op.lease_expires_at,
             "fencing_token": 1,
             "created_at": op.available_at,
+            "concurrency_key": op.concurrency_key,
+            "concurrency_limit": op.concurrency_limit,
         }
-        for (step_id, item_index), op in sorted(latest.items())
+        for (run_id, step_id, item_index), (tenant_id, op) in sorted(latest.items())
     ]
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    if not any(op.lease_owner for op in latest.values()):
+    if not any(op.lease_owner for _, op in latest.values()):
         await session.execute(_UPSERT_TASK[dialect], rows)
         return []
     result = await session.execute(_UPSERT_TASK_RETURNING[dialect], rows)
     leases = []
     for row in result:
-        op = latest[(row.step_id, row.item_index)]
+        tenant_id, op = latest[(row.run_id, row.step_id, row.item_index)]
         if op.lease_owner is not None and op.lease_expires_at is not None:
             leases.append(
                 TaskLease(
                     task_id=row.id,
                     tenant_id=tenant_id,
-                    run_id=run_id,
+                    run_id=row.run_id,
                     step_id=row.step_id,
                     item_index=row.item_index,
                     kind=op.kind,
@@ -478,6 +945,8 @@ def _upsert_task_statement(dialect: str) -> Any:
             "available_at": statement.excluded.available_at,
             "lease_owner": statement.excluded.lease_owner,
             "lease_expires_at": statement.excluded.lease_expires_at,
+            "concurrency_key": statement.excluded.concurrency_key,
+            "concurrency_limit": statement.excluded.concurrency_limit,
             # A re-queued task gets a new token: whoever held it before is fenced off.
             "fencing_token": tasks.c.fencing_token + 1,
         },
@@ -486,7 +955,9 @@ def _upsert_task_statement(dialect: str) -> Any:
 
 _UPSERT_TASK = {dialect: _upsert_task_statement(dialect) for dialect in ("postgresql", "sqlite")}
 _UPSERT_TASK_RETURNING = {
-    dialect: statement.returning(tasks.c.id, tasks.c.step_id, tasks.c.item_index, tasks.c.fencing_token)
+    dialect: statement.returning(
+        tasks.c.id, tasks.c.run_id, tasks.c.step_id, tasks.c.item_index, tasks.c.fencing_token
+    )
     for dialect, statement in _UPSERT_TASK.items()
 }
 
@@ -505,7 +976,7 @@ async def claim_ready_tasks(
     """
     candidates = (
         select(tasks.c.id)
-        .where(_IS_READY, tasks.c.available_at <= now)
+        .where(_IS_READY, tasks.c.available_at <= now, _HAS_FREE_SLOT)
         # Ties break on the step row, not the random id, so claim order is reproducible.
         .order_by(
             tasks.c.priority.desc(), tasks.c.available_at, tasks.c.run_id, tasks.c.step_id, tasks.c.item_index
@@ -532,12 +1003,17 @@ async def claim_ready_tasks(
             tasks.c.fencing_token,
             tasks.c.priority,
             tasks.c.available_at,
+            tasks.c.concurrency_key,
+            tasks.c.concurrency_limit,
         )
     )
     # RETURNING follows no order: restore the claim order for the caller.
     claimed = sorted(
         result, key=lambda row: (-row.priority, row.available_at, row.run_id, row.step_id, row.item_index)
     )
+    if any(row.concurrency_key is not None for row in claimed):
+        over = await _release_over_limit(session, claimed)
+        claimed = [row for row in claimed if row.id not in over]
     return [
         TaskLease(
             task_id=row.id,
@@ -552,6 +1028,61 @@ async def claim_ready_tasks(
         )
         for row in claimed
     ]
+
+
+_HOLDERS = tasks.alias("holders")
+# A task without a concurrency key, or one whose key has fewer leased tasks than its limit.
+_HAS_FREE_SLOT = or_(
+    tasks.c.concurrency_key.is_(None),
+    select(func.count())
+    .select_from(_HOLDERS)
+    .where(_HOLDERS.c.concurrency_key == tasks.c.concurrency_key, _HOLDERS.c.state == TaskState.LEASED.value)
+    .scalar_subquery()
+    < tasks.c.concurrency_limit,
+)
+
+
+async def _release_over_limit(session: AsyncSession, claimed: Sequence[Any]) -> set[str]:
+    """Puts back the keyed tasks this claim took beyond their key's limit; returns their ids.
+
+    The claim's filter saw a snapshot, so concurrent claims (and several tasks of one key in
+    this claim) can overshoot. Each key is re-counted under a transaction-scoped advisory lock
+    (PostgreSQL; SQLite has one writer at a time), taken in key order so that claimers never
+    deadlock: a second claimer waits for the first to commit, then counts its leases too. The
+    lowest-ranked of this claim's tasks are the ones given back."""
+    by_key: dict[str, list[Any]] = {}
+    for row in claimed:
+        if row.concurrency_key is not None:
+            by_key.setdefault(row.concurrency_key, []).append(row)
+    postgres = session.bind is not None and session.bind.dialect.name == "postgresql"
+    over: set[str] = set()
+    for key in sorted(by_key):
+        if postgres:
+            await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+        leased = await session.scalar(
+            select(func.count()).where(tasks.c.concurrency_key == key, tasks.c.state == TaskState.LEASED.value)
+        )
+        excess = max(0, int(leased or 0) - int(by_key[key][0].concurrency_limit))
+        if excess:
+            over.update(row.id for row in by_key[key][-excess:])
+    if over:
+        await session.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(sorted(over)))
+            .values(state=TaskState.READY.value, lease_owner=None, lease_expires_at=None)
+        )
+    return over
+
+
+async def unfinished_child_runs(session: AsyncSession, tenant_id: str, parent_run_id: str) -> list[str]:
+    """Ids of the run's `sub_workflow` children that have not finished."""
+    finished = [status.value for status in RunStatus if status.finished]
+    result = await session.execute(
+        select(runs.c.id).where(
+            runs.c.tenant_id == tenant_id, runs.c.parent_run_id == parent_run_id, runs.c.status.not_in(finished)
+        )
+    )
+    return list(result.scalars())
 
 
 async def next_due_at(session: AsyncSession) -> dt.datetime | None:
@@ -582,6 +1113,25 @@ async def lease_is_current(session: AsyncSession, lease: TaskLease, now: dt.date
         .with_for_update()
     )
     return result.first() is not None
+
+
+async def current_leases(session: AsyncSession, leases: Sequence[TaskLease], now: dt.datetime) -> set[str]:
+    """The ids of `leases` still held under their token, by their owner, and not run out;
+    locks those task rows. Call after locking the runs."""
+    if not leases:
+        return set()
+    result = await session.execute(
+        select(tasks.c.id)
+        .where(
+            tuple_(tasks.c.tenant_id, tasks.c.id, tasks.c.fencing_token, tasks.c.lease_owner).in_(
+                sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
+            ),
+            _IS_LEASED,
+            tasks.c.lease_expires_at > now,
+        )
+        .with_for_update()
+    )
+    return {row.id for row in result}
 
 
 async def extend_leases(

@@ -31,8 +31,8 @@ class StepType(StrEnum):
 
     @property
     def remote(self) -> bool:
-        """Steps whose attempts are executed by a worker over HTTP."""
-        return self in (StepType.AGENT, StepType.HTTP)
+        """Steps whose attempts a worker executes: calls over HTTP, and child runs to wait for."""
+        return self in (StepType.AGENT, StepType.HTTP, StepType.SUB_WORKFLOW)
 
 
 class OnExhausted(StrEnum):
@@ -92,6 +92,15 @@ class RetryOverrides:
 
 
 @dataclass(frozen=True)
+class ConcurrencyLimit:
+    """`concurrency: {key, limit}`: at most `limit` attempts run at once per value of `key` (an
+    expression) across all runs of the tenant."""
+
+    key: str
+    limit: int
+
+
+@dataclass(frozen=True)
 class StepDef:
     """One step of a workflow snapshot."""
 
@@ -110,6 +119,7 @@ class StepDef:
     queue_timeout_ms: int | None = None
     on_exhausted: OnExhausted = OnExhausted.FAIL
     priority: int = 0
+    concurrency: ConcurrencyLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +254,24 @@ def _parse_step(raw: Any, index: int, errors: list[FieldViolation]) -> StepDef |
         queue_timeout_ms=_optional_int(raw, "queue_timeout_ms", where, errors),
         on_exhausted=on_exhausted,
         priority=min(priority, 9),
+        concurrency=_parse_concurrency(raw.get("concurrency"), f"{where}.concurrency", errors),
     )
+
+
+def _parse_concurrency(raw: Any, where: str, errors: list[FieldViolation]) -> ConcurrencyLimit | None:
+    if raw is None or raw == {}:
+        return None
+    if not isinstance(raw, Mapping):
+        errors.append(FieldViolation(where, "must be an object"))
+        return None
+    key, limit = raw.get("key"), raw.get("limit")
+    if not isinstance(key, str) or not key:
+        errors.append(FieldViolation(f"{where}.key", "is required"))
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or int(limit) != limit or limit < 1:
+        errors.append(FieldViolation(f"{where}.limit", "must be a whole number of at least 1"))
+        return None
+    return ConcurrencyLimit(key=key, limit=int(limit))
 
 
 def _topological(steps: Sequence[StepDef], errors: list[FieldViolation]) -> tuple[StepDef, ...]:

@@ -156,6 +156,8 @@ class RunRecord:
     started_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     last_seq: int = 0
+    # `runs.state_version`: bumped whenever the run or one of its step rows is written.
+    state_version: int = 0
 
 
 @dataclass
@@ -214,6 +216,15 @@ class EventRecord:
     timestamp: dt.datetime
     step_id: str | None
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event with its position in the tenant-spanning event log (`events.id`): the cursor
+    of WatchEvents. Positions increase in insertion order; they are not contiguous per tenant."""
+
+    position: int
+    event: EventRecord
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ resulting changes atomically. Entry points:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 from collections.abc import Mapping
@@ -211,6 +212,8 @@ class RunScheduler:
         if row.status is not StepStatus.RUNNING or row.attempt != attempt:
             raise InvariantError(f"result for {key} attempt {attempt} but row is {row.status} #{row.attempt}")
         step = self.definition.step(row.step_id)
+        if step.concurrency is not None:
+            self.state.wake_workers = True
         if isinstance(result, StepSucceeded):
             self._succeed(step, row, result.output)
         else:
@@ -370,11 +373,7 @@ class RunScheduler:
         run = self.state.run
         if run.status.finished:
             raise ConflictError(f"run {run.id} is {run.status}: it takes no more signals")
-        waiting = [
-            row
-            for row in self.state.rows.values()
-            if row.status is StepStatus.WAITING and row.signal == name
-        ]
+        waiting = [row for row in self.state.rows.values() if row.status is StepStatus.WAITING and row.signal == name]
         if not waiting:
             raise ConflictError(f"no step of run {run.id} is waiting for signal {name!r}")
         if _json_size(payload) > self._max_output_bytes:
@@ -512,16 +511,20 @@ class RunScheduler:
             row.signal = name
             self._begin_wait(row, signal=name)
             if step.timeout_ms is not None:
-                self._queue_task(
-                    row, TaskKind.SIGNAL_TIMEOUT, self.now + dt.timedelta(milliseconds=step.timeout_ms)
-                )
+                self._queue_task(row, TaskKind.SIGNAL_TIMEOUT, self.now + dt.timedelta(milliseconds=step.timeout_ms))
         elif step.type.remote:
+            if step.concurrency is not None:
+                try:
+                    self._concurrency_key(step, row)
+                except ExpressionError as exc:
+                    self._fail_step(step, row, RunError("EXPRESSION_ERROR", f"concurrency.key: {exc}"))
+                    return
             self._queue_task(row, TaskKind.EXECUTE, self.now)
-            self.state.dispatchable.append(row.key)
+            if step.concurrency is None:
+                # A keyed step waits for a claim, which counts the key's running attempts.
+                self.state.dispatchable.append(row.key)
         else:
-            self._fail_step(
-                step, row, RunError("UNSUPPORTED_STEP_TYPE", f"{step.type} steps are not supported yet")
-            )
+            self._fail_step(step, row, RunError("UNSUPPORTED_STEP_TYPE", f"{step.type} steps are not supported yet"))
 
     def _begin_wait(self, row: StepRecord, **data: Any) -> None:
         self.state.begin_attempt(row, self.now)
@@ -531,15 +534,45 @@ class RunScheduler:
 
     def _queue_task(self, row: StepRecord, kind: TaskKind, available_at: dt.datetime, *, held: bool = False) -> None:
         paused = self.state.run.status is RunStatus.PAUSED and kind is TaskKind.EXECUTE
+        step = self.definition.step(row.step_id)
+        keyed = kind is TaskKind.EXECUTE and step.concurrency is not None
         self.state.queue(
             UpsertTask(
                 step_id=row.step_id,
                 item_index=row.item_index,
                 kind=kind,
                 available_at=available_at,
-                priority=self.definition.step(row.step_id).priority,
+                priority=step.priority,
                 state=TaskState.HELD if held or paused else TaskState.READY,
+                concurrency_key=self._safe_concurrency_key(step, row) if keyed else None,
+                concurrency_limit=step.concurrency.limit if keyed and step.concurrency else None,
             )
+        )
+
+    def _safe_concurrency_key(self, step: StepDef, row: StepRecord) -> str:
+        # The key evaluated when the step launched; it only fails to evaluate again if the data
+        # it reads changed since (an operator completing a step by hand): then the step's own
+        # slot pool is the honest fallback.
+        try:
+            return self._concurrency_key(step, row)
+        except ExpressionError:
+            return f"{self.state.run.tenant_id}:step:{self.state.run.workflow_id}/{step.id}"
+
+    def _concurrency_key(self, step: StepDef, row: StepRecord) -> str:
+        """The tenant-wide key of a keyed step's attempt: `concurrency.key` evaluated like the
+        step's input (with `item` for a `for_each` item); ExpressionError when it cannot be."""
+        assert step.concurrency is not None
+        context = self._context()
+        if row.item_index != STEP_ROW and step.for_each is not None:
+            values = self._expressions.values(step.for_each, context)
+            if isinstance(values, list) and row.item_index < len(values):
+                context = {**context, "item": values[row.item_index]}
+        value = self._expressions.render(step.concurrency.key, context)
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        key = f"{self.state.run.tenant_id}:{text}"
+        # Long values are hashed so that the column never truncates two keys into one.
+        return (
+            key if len(key) <= 300 else f"{self.state.run.tenant_id}:sha256:{hashlib.sha256(text.encode()).hexdigest()}"
         )
 
     # ===================================================================================
@@ -601,9 +634,7 @@ class RunScheduler:
         row.error = result.error
         self.state.set_status(row, StepStatus.WAITING)
         self._queue_task(row, TaskKind.EXECUTE, due)
-        self._emit_step(
-            EventType.STEP_RETRYING, row, attempt=row.attempt, delay_ms=delay, error=result.error.to_dict()
-        )
+        self._emit_step(EventType.STEP_RETRYING, row, attempt=row.attempt, delay_ms=delay, error=result.error.to_dict())
 
     def _fail_step(self, step: StepDef, row: StepRecord, error: RunError) -> None:
         """The row failed for good. An item takes its step with it; a step then fails the
@@ -625,9 +656,7 @@ class RunScheduler:
                     self._close_row(item, StepStatus.CANCELLED)
             parent = self.state.row(step.id)
             if parent.status is StepStatus.RUNNING:
-                self._fail_step(
-                    step, parent, RunError(error.code, f"item {row.item_index}: {error.message}", step.id)
-                )
+                self._fail_step(step, parent, RunError(error.code, f"item {row.item_index}: {error.message}", step.id))
             return
         if step.on_exhausted is OnExhausted.PAUSE:
             self._park(step)
@@ -774,16 +803,12 @@ class RunScheduler:
         self.state.emit(EventType.WORKFLOW_RESUMED, self.now, reason=reason, by=actor, **data)
 
     def _failed_steps(self) -> list[str]:
-        return [
-            step.id for step in self.definition.steps if self.state.row(step.id).status is StepStatus.FAILED
-        ]
+        return [step.id for step in self.definition.steps if self.state.row(step.id).status is StepStatus.FAILED]
 
     def _require_no_other_failure(self, resolving: set[str], verb: str) -> None:
         others = [step_id for step_id in self._failed_steps() if step_id not in resolving]
         if others:
-            raise ConflictError(
-                f"step {others[0]!r} has failed too: {verb} it as well, or retry the whole run"
-            )
+            raise ConflictError(f"step {others[0]!r} has failed too: {verb} it as well, or retry the whole run")
 
     def _known_step(self, step_id: str) -> StepDef:
         try:

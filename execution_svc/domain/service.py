@@ -8,7 +8,6 @@ carry the tenant of the task they hold.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -16,7 +15,7 @@ import json
 import logging
 import random
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,13 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from execution_svc.db import repository as repo
 from execution_svc.db.session import Database
+from execution_svc.domain.batching import GroupCommit
 from execution_svc.domain.definition import WorkflowDef, parse_workflow
 from execution_svc.domain.expressions import Expressions, SharedExpressions
 from execution_svc.domain.models import (
     STEP_ROW,
     EventRecord,
-    EventType,
     ExpiredTask,
+    LoggedEvent,
     RunFilter,
     RunPage,
     RunRecord,
@@ -58,6 +58,7 @@ from execution_svc.domain.ports import (
 from execution_svc.domain.scheduler import RunScheduler
 from execution_svc.domain.state import ReleaseRunTasks, RunState, UpsertTask
 from execution_svc.domain.views import run_view, run_view_from_json, run_view_to_json, step_views
+from execution_svc.domain.watch import EventFilter, EventStream, EventWatcher, WatchConfig
 from flowforge_common.errors import ConflictError, FieldViolation, NotFoundError, ValidationError
 from flowforge_common.ids import new_id
 from flowforge_common.orm import utcnow
@@ -84,7 +85,12 @@ class EngineConfig:
     max_output_bytes: int = 1024 * 1024
     lease_seconds: float = 30.0
     watch_poll_seconds: float = 5.0
+    watch_buffer_events: int = 256
+    watch_stall_seconds: float = 30.0
+    watch_gap_seconds: float = 5.0
     definition_cache_size: int = 1024
+    # Runs whose last written state this engine keeps, to skip re-reading them (see `_load`).
+    state_cache_size: int = 4096
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,21 @@ class ExecutionEngine:
         self.config = config or EngineConfig()
         self._rng = rng or random.Random()
         self._definitions: OrderedDict[str, WorkflowDef] = OrderedDict()
+        # Run id -> (run, step rows) as this engine last committed them; see `_load`.
+        self._states: OrderedDict[str, tuple[RunRecord, list[StepRecord]]] = OrderedDict()
+        self._starts: GroupCommit[_StartRequest, RunView] = GroupCommit(self._start_runs)
+        self._completions: GroupCommit[_Completion, list[Assignment]] = GroupCommit(self._complete_tasks)
+        self._watcher = EventWatcher(
+            database,
+            notifier,
+            WatchConfig(
+                poll_seconds=self.config.watch_poll_seconds,
+                buffer_events=self.config.watch_buffer_events,
+                stall_seconds=self.config.watch_stall_seconds,
+                gap_seconds=self.config.watch_gap_seconds,
+            ),
+            clock=clock,
+        )
 
     @property
     def notifier(self) -> Notifier:
@@ -151,7 +172,19 @@ class ExecutionEngine:
         even if a newer version was saved in between."""
         definition = parse_workflow(workflow)
         _check_input(definition, run_input)
-        snapshot = json.loads(json.dumps(dict(workflow)))
+        request = _StartRequest(
+            tenant_id=tenant_id,
+            definition=definition,
+            snapshot=json.loads(json.dumps(dict(workflow))),
+            run_input=run_input,
+            trigger=trigger,
+            triggered_by=triggered_by,
+            parent_run_id=parent_run_id,
+            parent_step_id=parent_step_id,
+        )
+        if not idempotency_key:
+            # Concurrent starts share one transaction (group commit).
+            return await self._starts.submit(request)
         request_hash = _hash("start_run", definition.id, requested_version, run_input)
 
         async def work(session: AsyncSession) -> tuple[RunView, list[RunState]]:
@@ -159,33 +192,59 @@ class ExecutionEngine:
             if replay is not None:
                 return replay, []
             now = self._clock()
-            run = RunRecord(
-                id=new_id("run"),
-                tenant_id=tenant_id,
-                workflow_id=definition.id,
-                workflow_name=definition.name,
-                workflow_version=definition.version,
-                workflow=snapshot,
-                status=RunStatus.PENDING,
-                input=run_input,
-                trigger=trigger,
-                triggered_by=triggered_by,
-                parent_run_id=parent_run_id,
-                parent_step_id=parent_step_id,
-                created_at=now,
-                updated_at=now,
-            )
-            self._remember(run.id, definition)
-            state = RunState.load(run, [], new=True)
-            for step in definition.steps:
-                state.add_row(StepRecord(run_id=run.id, step_id=step.id, item_index=STEP_ROW))
-            self._scheduler(state, now).start()
+            view, state = self._new_run(request, now)
             await repo.save_state(session, state)
-            view = run_view(run, step_views(run, state.rows.values()))
             await self._remember_answer(session, tenant_id, idempotency_key, request_hash, view, now)
             return view, [state]
 
         return await self._write_and_publish(work)
+
+    def _new_run(self, request: _StartRequest, now: dt.datetime) -> tuple[RunView, RunState]:
+        """A new run's state, started: `workflow.started` and its root steps."""
+        definition = request.definition
+        run = RunRecord(
+            id=new_id("run"),
+            tenant_id=request.tenant_id,
+            workflow_id=definition.id,
+            workflow_name=definition.name,
+            workflow_version=definition.version,
+            workflow=request.snapshot,
+            status=RunStatus.PENDING,
+            input=request.run_input,
+            trigger=request.trigger,
+            triggered_by=request.triggered_by,
+            parent_run_id=request.parent_run_id,
+            parent_step_id=request.parent_step_id,
+            created_at=now,
+            updated_at=now,
+        )
+        self._remember(run.id, definition)
+        state = RunState.load(run, [], new=True)
+        for step in definition.steps:
+            state.add_row(StepRecord(run_id=run.id, step_id=step.id, item_index=STEP_ROW))
+        self._scheduler(state, now).start()
+        return run_view(run, step_views(run, state.rows.values())), state
+
+    async def _start_runs(self, requests: list[_StartRequest]) -> list[RunView | BaseException]:
+        """Starts a batch of runs in one transaction; if it fails, each run on its own, so
+        that one bad request fails alone."""
+
+        async def work(session: AsyncSession) -> tuple[list[RunView], list[RunState]]:
+            now = self._clock()
+            started = [self._new_run(request, now) for request in requests]
+            states = [state for _, state in started]
+            await repo.save_states(session, states)
+            return [view for view, _ in started], states
+
+        try:
+            return list(await self._write_and_publish(work))
+        except Exception as error:
+            if len(requests) == 1:
+                return [error]
+        outcomes: list[RunView | BaseException] = []
+        for request in requests:
+            outcomes += await self._start_runs([request])
+        return outcomes
 
     async def get_run(self, tenant_id: str, run_id: str) -> RunView:
         """A run with a summary of its steps."""
@@ -229,46 +288,40 @@ class ExecutionEngine:
 
     async def watch_run(self, tenant_id: str, run_id: str, *, after_seq: int = 0) -> AsyncIterator[EventRecord]:
         """History after `after_seq`, then live events, in seq order; ends after a terminal
-        event that is the run's latest.
-
-        The subscription is taken before the first read, and every batch is read from the
-        log by seq: a notification that races the read only causes one more read, so the
-        hand-over from history to live has no gap and no duplicate."""
-        wake = asyncio.Event()
-
-        def on_event(payload: str) -> None:
-            parts = payload.split(" ")
-            if len(parts) == 3 and parts[1] in (run_id, "*"):
-                wake.set()
-
-        unsubscribe = self._notifier.subscribe(EVENTS_TOPIC, on_event)
+        event that is the run's latest (see `EventWatcher.open_run`)."""
+        stream = await self.open_run_watch(tenant_id, run_id, after_seq=after_seq)
         try:
-            async with self._db.read() as session:
-                await self._get_run(session, tenant_id, run_id)
-            cursor = after_seq
-            while True:
-                wake.clear()
-                batch = await self.list_events(tenant_id, run_id, after_seq=cursor, limit=500)
-                for event in batch:
-                    yield event
-                    cursor = event.seq
-                if len(batch) == 500:
-                    continue
-                if batch and EventType(batch[-1].type).terminal:
-                    return
-                # A missed notification costs one poll interval, never an event.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.config.watch_poll_seconds)
+            async for event in stream:
+                yield event
         finally:
-            unsubscribe()
+            await stream.aclose()
+
+    async def open_run_watch(self, tenant_id: str, run_id: str, *, after_seq: int = 0) -> EventStream[EventRecord]:
+        """A WatchRun stream; NotFoundError before any event for an unknown run."""
+        return await self._watcher.open_run(tenant_id, run_id, after_seq=after_seq)
+
+    async def open_events_watch(
+        self, tenant_id: str, filters: EventFilter, *, after_cursor: int = 0
+    ) -> EventStream[LoggedEvent]:
+        """A WatchEvents stream of the tenant's event log (see `EventWatcher.open_events`)."""
+        return await self._watcher.open_events(tenant_id, filters, after_cursor=after_cursor)
 
     # =====================================================================================
     # Operator controls
     # =====================================================================================
 
     async def cancel_run(self, tenant_id: str, run_id: str, *, actor: str = "", idempotency_key: str = "") -> RunView:
-        """Cancels a run; in-flight attempts are aborted. ConflictError on a finished run."""
-        return await self._control(tenant_id, run_id, "cancel", {}, idempotency_key, lambda s: s.cancel(actor))
+        """Cancels a run; in-flight attempts are aborted and unfinished child runs
+        (`sub_workflow`) are cancelled too. ConflictError on a finished run."""
+        view = await self._control(tenant_id, run_id, "cancel", {}, idempotency_key, lambda s: s.cancel(actor))
+        # The waiting attempt cancels its child when it is aborted; this also reaches children
+        # whose parent attempt no worker holds right now (a crashed worker, a lost lease).
+        async with self._db.read() as session:
+            children = await repo.unfinished_child_runs(session, tenant_id, run_id)
+        for child_id in children:
+            with contextlib.suppress(ConflictError, NotFoundError):
+                await self.cancel_run(tenant_id, child_id, actor=actor or f"run:{run_id}")
+        return view
 
     async def pause_run(self, tenant_id: str, run_id: str, *, actor: str = "", idempotency_key: str = "") -> RunView:
         """Pauses a run: running steps finish, no new step starts."""
@@ -345,25 +398,32 @@ class ExecutionEngine:
 
         async def work(session: AsyncSession) -> tuple[list[Assignment], list[RunState]]:
             now = self._clock()
-            assignments: list[Assignment] = []
-            states: list[RunState] = []
-            # Sorted run ids: concurrent batches lock runs in one global order.
+            runs = [(tenant_id, run_id) for run_id, tenant_id in by_run]
+            loaded, current = await self._load_many(session, runs, now, leases)
+            started: list[tuple[TaskLease, StepCall]] = []
+            schedulers: list[RunScheduler] = []
+            eager: list[tuple[RunScheduler, list[StepKey]]] = []
+            # Sorted run ids: concurrent batches decide (and lock tasks) in one global order.
             for run_id, tenant_id in sorted(by_run):
-                state, scheduler = await self._load(session, tenant_id, run_id, now)
-                started: list[tuple[TaskLease, StepCall]] = []
+                if run_id not in loaded:
+                    continue  # the run is gone: so are its tasks
+                scheduler = loaded[run_id]
                 for lease in by_run[(run_id, tenant_id)]:
-                    if not await repo.lease_is_current(session, lease, now):
+                    if lease.task_id not in current:
                         continue
                     if lease.kind is TaskKind.EXECUTE:
                         if scheduler.begin_attempt(lease.key):
                             started.append((lease, scheduler.step_call(lease.key)))
                     else:
                         scheduler.fire_timer(lease.key, lease.kind)
-                eager = self._dispatch_eagerly(scheduler, owner, capacity - len(assignments) - len(started), now)
-                leased = await repo.save_state(session, state)
-                assignments += [Assignment(lease, call) for lease, call in started]
-                assignments += self._assign(scheduler, leased, eager)
-                states.append(state)
+                room = capacity - len(started) - sum(len(keys) for _, keys in eager)
+                eager.append((scheduler, self._dispatch_eagerly(scheduler, owner, room, now)))
+                schedulers.append(scheduler)
+            states = [scheduler.state for scheduler in schedulers]
+            leased = await repo.save_states(session, states)
+            assignments = [Assignment(lease, call) for lease, call in started]
+            for scheduler, keys in eager:
+                assignments += self._assign(scheduler, leased, keys)
             return assignments, states
 
         return await self._write_and_publish(work)
@@ -371,23 +431,63 @@ class ExecutionEngine:
     async def complete_task(self, assignment: Assignment, result: StepResult, *, capacity: int = 0) -> list[Assignment]:
         """Records an attempt's result, its event and the steps it makes ready, in one
         transaction. Up to `capacity` newly ready remote steps are leased to the same worker
-        and returned (eager dispatch). StaleLeaseError when the lease is no longer current."""
-        lease = assignment.lease
+        and returned (eager dispatch). StaleLeaseError when the lease is no longer current.
 
-        async def work(session: AsyncSession) -> tuple[list[Assignment], list[RunState]]:
+        Results reported while another is being written share the next transaction (group
+        commit, see `complete_tasks`)."""
+        return await self._completions.submit(_Completion(assignment, result, capacity))
+
+    async def _complete_tasks(self, completions: list[_Completion]) -> list[list[Assignment] | BaseException]:
+        """One transaction for a batch of results; if it fails, each result on its own."""
+        by_run: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for index, completion in enumerate(completions):
+            lease = completion.assignment.lease
+            by_run[(lease.run_id, lease.tenant_id)].append(index)
+        # Each worker's report counts its own slot plus the free ones, which they all share.
+        capacity = max(completion.capacity for completion in completions) + len(completions) - 1
+
+        async def work(session: AsyncSession) -> tuple[list[list[Assignment] | BaseException], list[RunState]]:
             now = self._clock()
-            state, scheduler = await self._load(session, lease.tenant_id, lease.run_id, now)
-            if not await repo.lease_is_current(session, lease, now):
-                raise StaleLeaseError(
-                    f"task {lease.task_id} ({lease.step_id}) is no longer leased under token {lease.token}: "
-                    "its lease expired or another worker took it over; the result is refused"
-                )
-            scheduler.complete_attempt(lease.key, assignment.call.attempt, result)
-            eager = self._dispatch_eagerly(scheduler, lease.owner, capacity, now)
-            leased = await repo.save_state(session, state)
-            return self._assign(scheduler, leased, eager), [state]
+            runs = [(tenant_id, run_id) for run_id, tenant_id in by_run]
+            loaded, current = await self._load_many(session, runs, now, [c.assignment.lease for c in completions])
+            outcomes: list[list[Assignment] | BaseException] = [[] for _ in completions]
+            schedulers: list[tuple[RunScheduler, int, list[StepKey]]] = []
+            room = capacity
+            for run_id, tenant_id in sorted(by_run):
+                scheduler = loaded.get(run_id)
+                first_taker = -1
+                for index in by_run[(run_id, tenant_id)]:
+                    assignment, result = completions[index].assignment, completions[index].result
+                    lease = assignment.lease
+                    if scheduler is None or lease.task_id not in current:
+                        outcomes[index] = StaleLeaseError(
+                            f"task {lease.task_id} ({lease.step_id}) is no longer leased under token "
+                            f"{lease.token}: its lease expired or another worker took it over; "
+                            "the result is refused"
+                        )
+                        continue
+                    scheduler.complete_attempt(lease.key, assignment.call.attempt, result)
+                    first_taker = index if first_taker < 0 else first_taker
+                if scheduler is not None and first_taker >= 0:
+                    owner = completions[first_taker].assignment.lease.owner
+                    keys = self._dispatch_eagerly(scheduler, owner, room, now)
+                    room -= len(keys)
+                    schedulers.append((scheduler, first_taker, keys))
+            states = [scheduler.state for scheduler, _, _ in schedulers]
+            leased = await repo.save_states(session, states)
+            for scheduler, index, keys in schedulers:
+                outcomes[index] = self._assign(scheduler, leased, keys)
+            return outcomes, states
 
-        return await self._write_and_publish(work)
+        try:
+            return await self._write_and_publish(work)
+        except Exception as error:
+            if len(completions) == 1:
+                return [error]
+        outcomes: list[list[Assignment] | BaseException] = []
+        for completion in completions:
+            outcomes += await self._complete_tasks([completion])
+        return outcomes
 
     async def extend_leases(self, owner: str, task_ids: list[str]) -> set[str]:
         """Heartbeat for `owner`'s tasks; returns the ids it still holds."""
@@ -478,12 +578,55 @@ class ExecutionEngine:
     async def _load(
         self, session: AsyncSession, tenant_id: str, run_id: str, now: dt.datetime
     ) -> tuple[RunState, RunScheduler]:
-        run = await repo.lock_run(session, tenant_id, run_id)
-        if run is None:
+        """Locks one run and builds its state (see `_load_many`); NotFoundError if missing."""
+        scheduler = (await self._load_many(session, [(tenant_id, run_id)], now))[0].get(run_id)
+        if scheduler is None:
             raise NotFoundError(f"run {run_id} not found")
-        run.updated_at = now
-        state = RunState.load(run, await repo.load_steps(session, tenant_id, run_id))
-        return state, self._scheduler(state, now)
+        return scheduler.state, scheduler
+
+    async def _load_many(
+        self,
+        session: AsyncSession,
+        keys: list[tuple[str, str]],
+        now: dt.datetime,
+        leases: Sequence[TaskLease] = (),
+    ) -> tuple[dict[str, RunScheduler], set[str]]:
+        """Locks runs, given as (tenant_id, run_id), in the global lock order and builds a
+        scheduler over each one's state (missing runs are left out); then locks the tasks of
+        `leases` and returns the ids of those still current.
+
+        When this engine committed a run's latest version itself (`state_version` unchanged
+        under the lock), the rows it kept are current and only the version is read; the
+        other runs are read whole, in one statement for all. A kept state is taken out while
+        a transaction uses it, so a rolled-back change never lingers: the next transaction
+        simply reads the run again."""
+        versions, current = await repo.lock_runs_and_leases(session, keys, leases, now)
+        kept: dict[str, tuple[RunRecord, list[StepRecord]]] = {}
+        for tenant_id, run_id in keys:
+            cached = self._states.pop(run_id, None)
+            if cached is None or cached[0].tenant_id != tenant_id:
+                continue
+            if versions.get(run_id) == cached[0].state_version:
+                kept[run_id] = cached
+        stale = [(tenant_id, run_id) for tenant_id, run_id in keys if run_id in versions and run_id not in kept]
+        if stale:
+            steps = await repo.load_steps_of_runs(session, stale)
+            for run in await repo.get_runs(session, stale):
+                kept[run.id] = (run, steps[run.id])
+        schedulers: dict[str, RunScheduler] = {}
+        for run_id, (run, rows) in kept.items():
+            run.updated_at = now
+            schedulers[run_id] = self._scheduler(RunState.load(run, rows), now)
+        return schedulers, current
+
+    def _keep(self, states: list[RunState]) -> None:
+        """Keeps the committed state of each run for its next transaction."""
+        for state in states:
+            run = state.run
+            self._states[run.id] = (run, list(state.rows.values()))
+            self._states.move_to_end(run.id)
+        while len(self._states) > self.config.state_cache_size:
+            self._states.popitem(last=False)
 
     def _dispatch_eagerly(self, scheduler: RunScheduler, owner: str, capacity: int, now: dt.datetime) -> list[StepKey]:
         taken: list[StepKey] = []
@@ -496,7 +639,8 @@ class ExecutionEngine:
 
     @staticmethod
     def _assign(scheduler: RunScheduler, leases: list[TaskLease], eager: list[StepKey]) -> list[Assignment]:
-        by_key = {lease.key: lease for lease in leases}
+        run_id = scheduler.state.run.id
+        by_key = {lease.key: lease for lease in leases if lease.run_id == run_id}
         return [Assignment(by_key[key], scheduler.step_call(key)) for key in eager if key in by_key]
 
     async def _control(
@@ -557,6 +701,7 @@ class ExecutionEngine:
             result, states = await self._db.write(work)
         except IntegrityError:
             result, states = await self._db.write(work)
+        self._keep(states)
         await self._publish(states)
         return result
 
@@ -570,7 +715,7 @@ class ExecutionEngine:
             if state.abort_in_flight:
                 messages.append((CANCEL_TOPIC, run.id))
             # Any ready task (even a future one: sleepers must shorten their sleep).
-            wake = wake or any(
+            wake = wake or state.wake_workers or any(
                 (isinstance(op, UpsertTask) and op.state is TaskState.READY) or isinstance(op, ReleaseRunTasks)
                 for op in state.task_ops
             )
@@ -582,6 +727,29 @@ class ExecutionEngine:
             except Exception:
                 # Committed is committed; a lost wake-up costs one fallback poll.
                 logger.exception("could not publish notifications")
+
+
+@dataclass(frozen=True)
+class _StartRequest:
+    """A validated request to start a run, waiting for its transaction."""
+
+    tenant_id: str
+    definition: WorkflowDef
+    snapshot: dict[str, Any]
+    run_input: Any
+    trigger: Trigger
+    triggered_by: str
+    parent_run_id: str | None
+    parent_step_id: str | None
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """A worker's report on one attempt, waiting for its transaction."""
+
+    assignment: Assignment
+    result: StepResult
+    capacity: int
 
 
 def _hash(*parts: Any) -> str:

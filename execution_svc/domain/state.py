@@ -86,6 +86,9 @@ class UpsertTask:
     state: TaskState
     lease_owner: str | None = None
     lease_expires_at: dt.datetime | None = None
+    concurrency_key: str | None = None
+    """`<tenant_id>:<key value>` of a step with `concurrency`; claims honour `concurrency_limit`."""
+    concurrency_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ class RunState:
     dispatchable: list[StepKey] = field(default_factory=list)
     # In-flight attempts of this run must be aborted after commit (cancel, run failure).
     abort_in_flight: bool = False
+    # A keyed (`concurrency`) attempt ended: its slot is free, so idle workers should claim again.
+    wake_workers: bool = False
     _items: dict[str, list[StepRecord]] = field(default_factory=dict)
 
     @classmethod
@@ -170,8 +175,10 @@ class RunState:
             self.inserted.add(row.key)
         if row.item_index != STEP_ROW:
             items = self._items.setdefault(row.step_id, [])
+            ordered = not items or items[-1].item_index < row.item_index
             items.append(row)
-            items.sort(key=lambda r: r.item_index)
+            if not ordered:  # items are added in index order: sorting every time was quadratic
+                items.sort(key=lambda r: r.item_index)
 
     def remove_row(self, key: StepKey) -> None:
         """Deletes a row (an item beyond a re-evaluated list's end)."""

@@ -14,6 +14,8 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +25,9 @@ from execution_svc.domain.definition import RetryOverrides, StepType
 from execution_svc.domain.models import RunError
 from execution_svc.domain.ports import AgentDirectory, Clock, StepCall, StepFailed, StepResult, StepSucceeded
 from execution_svc.domain.scheduler import attempt_timeout_ms
-from flowforge_common.errors import DomainError, NotFoundError
+from execution_svc.executors.guard import AgentGuard, CircuitOpenError
+from flowforge_common.errors import ConflictError, DomainError, NotFoundError
+from flowforge_common.netpolicy import AgentNetworkMode, NetworkPolicyError, PolicyResolver, Resolver, check_url_offline
 from flowforge_common.orm import utcnow
 
 logger = logging.getLogger(__name__)
@@ -64,9 +68,19 @@ class HttpStepExecutor:
         *,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         max_connections: int = 512,
+        network: AgentNetworkMode | None = None,
+        resolver: Resolver | None = None,
+        guard: AgentGuard | None = None,
         clock: Clock = utcnow,
     ) -> None:
+        """`network` is the agent network policy every call is held to (agent and `http` steps),
+        on the address actually connected to; None checks nothing (tests and benchmarks only).
+        `resolver` replaces the system DNS resolver (tests). `guard` holds the per-agent circuit
+        breakers and concurrency caps (`AgentGuard()` by default)."""
         self._directory = directory
+        self.guard = guard or AgentGuard()
+        self._network = network
+        self._resolver = resolver
         self._max_output_bytes = max_output_bytes
         self._max_connections = max_connections
         self._clock = clock
@@ -75,7 +89,9 @@ class HttpStepExecutor:
     async def start(self) -> None:
         """Opens the shared connection pool."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60)
+            # Addresses are checked when resolved; caching checked answers is safe.
+            resolver = None if self._network is None else PolicyResolver(self._network, self._resolver)
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60, resolver=resolver)
             # Deadlines are enforced per attempt below, not by aiohttp's defaults.
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False
@@ -100,24 +116,50 @@ class HttpStepExecutor:
             agent = await self._directory.resolve(call.tenant_id, call.agent or "")
         except NotFoundError as exc:
             return StepFailed(RunError("AGENT_NOT_FOUND", exc.message), retryable=False)
+        except ConflictError as exc:
+            return StepFailed(RunError("AGENT_INACTIVE", exc.message), retryable=False)
         except DomainError as exc:
             # The directory itself is unreachable: the agent may well exist, so retry.
             return StepFailed(RunError("AGENT_DIRECTORY_UNAVAILABLE", exc.message), retryable=True)
         body = {"run_id": call.run_id, "step_id": call.step_id, "attempt": call.attempt, "input": call.input}
         if call.item_index >= 0:
             body["index"] = call.item_index
-        return await self._request(
-            "POST",
-            agent.url,
-            headers=dict(agent.headers),
-            body=body,
-            call=call,
-            timeout_ms=attempt_timeout_ms(call, agent.timeout_ms, self._clock()),
-            defaults=agent.retry,
-            code_prefix="AGENT_HTTP",
-            who=f"agent {agent.name!r}",
-            unwrap=True,
-        )
+        key = (call.tenant_id, agent.name)
+        try:
+            self.guard.admit(key)
+        except CircuitOpenError as exc:
+            return StepFailed(
+                RunError("CIRCUIT_OPEN", f"agent {agent.name!r} is failing; {exc}"),
+                retryable=True,
+                retry_after_ms=math.ceil(exc.retry_after_seconds * 1000),
+                defaults=agent.retry,
+            )
+        started = time.perf_counter()
+        result: StepResult | None = None
+        try:
+            async with self.guard.slots(key):
+                result = await self._request(
+                    "POST",
+                    agent.url,
+                    headers=dict(agent.headers),
+                    body=body,
+                    call=call,
+                    timeout_ms=attempt_timeout_ms(call, agent.timeout_ms, self._clock()),
+                    defaults=agent.retry,
+                    code_prefix="AGENT_HTTP",
+                    who=f"agent {agent.name!r}",
+                    unwrap=True,
+                )
+            return result
+        finally:
+            # Retryable failures (5xx, 429, timeouts, connection errors) are the agent's; a 4xx,
+            # a policy refusal or a cancelled call (result None) says nothing about its health.
+            self.guard.record(
+                key,
+                success=isinstance(result, StepSucceeded),
+                blames_agent=isinstance(result, StepFailed) and result.retryable,
+                seconds=time.perf_counter() - started,
+            )
 
     async def _call_http(self, call: StepCall) -> StepResult:
         url = call.config.get("url")
@@ -156,6 +198,11 @@ class HttpStepExecutor:
         if self._session is None:
             await self.start()
         assert self._session is not None
+        if self._network is not None:
+            try:
+                check_url_offline(url, self._network)
+            except NetworkPolicyError as exc:
+                return _refused_by_policy(who, exc)
         headers["Idempotency-Key"] = call.idempotency_key
         kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
         if body is not None:
@@ -175,6 +222,8 @@ class HttpStepExecutor:
                 retryable=True,
                 defaults=defaults,
             )
+        except NetworkPolicyError as exc:  # raised by PolicyResolver while connecting
+            return _refused_by_policy(who, exc)
         except OutputTooLargeError:
             return StepFailed(
                 RunError("OUTPUT_TOO_LARGE", f"{who} answered more than {self._max_output_bytes} bytes"),
@@ -232,3 +281,10 @@ class HttpStepExecutor:
                     break
                 raise OutputTooLargeError
         return b"".join(chunks)[:limit] if truncate else b"".join(chunks)
+
+
+def _refused_by_policy(who: str, error: NetworkPolicyError) -> StepFailed:
+    """A call the agent network policy forbids fails at once: retrying cannot make it allowed."""
+    return StepFailed(
+        RunError("URL_REFUSED", f"{who}: refused by the agent network policy: {error.message}"), retryable=False
+    )

@@ -14,6 +14,7 @@ from execution_svc.domain.definition import RetryOverrides, StepType
 from execution_svc.domain.ports import AgentEndpoint, StepCall, StepFailed, StepSucceeded
 from execution_svc.executors.directory import InMemoryAgentDirectory
 from execution_svc.executors.http import HttpStepExecutor, parse_retry_after
+from flowforge_common.netpolicy import AgentNetworkMode
 from tests.fixtures.test_agent import TestAgent
 
 TENANT = "ten_x"
@@ -160,3 +161,43 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("999999", now) == 3_600_000
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
+
+
+@pytest.mark.parametrize(
+    ("network", "host", "allowed"),
+    [
+        (AgentNetworkMode.PUBLIC_ONLY, "127.0.0.1", False),  # an address literal: checked before connecting
+        (AgentNetworkMode.PUBLIC_ONLY, "rebound.example.com", False),  # a name: checked on what it resolves to
+        (AgentNetworkMode.ALLOW_PRIVATE, "metadata.example.com", False),  # metadata: refused in every mode
+        (AgentNetworkMode.ALLOW_PRIVATE, "rebound.example.com", True),
+        (AgentNetworkMode.ALLOW_PRIVATE, "127.0.0.1", True),
+    ],
+)
+async def test_every_call_is_held_to_the_network_policy(
+    test_agent: TestAgent, network: AgentNetworkMode, host: str, allowed: bool
+) -> None:
+    # The agent was registered when its name resolved elsewhere; it now resolves to loopback or
+    # to the metadata address (DNS rebinding). No lookup leaves the machine.
+    answers = {"rebound.example.com": ["127.0.0.1"], "metadata.example.com": ["169.254.169.254"]}
+
+    async def resolver(name: str) -> list[str]:
+        return answers[name]
+
+    port = test_agent.base_url.rsplit(":", 1)[1]
+    directory = InMemoryAgentDirectory()
+    directory.register(TENANT, AgentEndpoint(name="a", url=f"http://{host}:{port}/echo", headers={}))
+    runner = HttpStepExecutor(directory, network=network, resolver=resolver)
+    await runner.start()
+    try:
+        result = await runner.execute(call())
+        http_result = await runner.execute(call(None, type=StepType.HTTP, config={"url": f"http://{host}:{port}/echo"}))
+    finally:
+        await runner.close()
+    for outcome in (result, http_result):
+        if allowed:
+            assert isinstance(outcome, StepSucceeded)
+        else:
+            assert isinstance(outcome, StepFailed) and not outcome.retryable
+            assert outcome.error.code == "URL_REFUSED"
+            assert "network policy" in outcome.error.message
+    assert len(test_agent.requests) == (2 if allowed else 0)

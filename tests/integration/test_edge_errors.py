@@ -105,9 +105,11 @@ async def test_missing_credentials_are_401_from_the_service(client: Client) -> N
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-async def test_a_service_that_is_down_is_503(aiohttp_client: AiohttpClient, backend: EchoBackend) -> None:
+async def test_a_service_that_is_down_is_503(
+    aiohttp_client: AiohttpClient, backend: EchoBackend, auth: dict[str, str]
+) -> None:
     client = await aiohttp_client(create_app(edge_settings(backend.target, execution_target="127.0.0.1:1")))
-    problem = await problem_of(await client.get("/api/v1/runs"), 503)
+    problem = await problem_of(await client.get("/api/v1/runs", headers=auth), 503)
     assert "127.0.0.1" not in problem["detail"]
 
 
@@ -145,9 +147,11 @@ async def test_unsupported_media_type_is_415(client: Client, auth: dict[str, str
     assert patch.headers["Accept-Patch"] == "application/json"
 
 
-async def test_stream_routes_are_501_for_now(client: Client) -> None:
-    for path in ("/api/v1/runs/run_1/events", "/api/v1/events", "/api/v1/ws"):
-        await problem_of(await client.get(path), 501)
+async def test_stream_routes_turn_refusals_into_problems(client: Client, auth: dict[str, str]) -> None:
+    # The echo backend does not implement the watches: its UNIMPLEMENTED arrives before any byte.
+    for path in ("/api/v1/runs/run_1/events", "/api/v1/events"):
+        await problem_of(await client.get(path, headers=auth), 501)
+    await problem_of(await client.get("/api/v1/ws", headers=auth), 400)  # not an upgrade
 
 
 async def test_request_ids_are_echoed_when_sane_and_generated_otherwise(client: Client) -> None:
@@ -162,7 +166,7 @@ async def test_request_ids_are_echoed_when_sane_and_generated_otherwise(client: 
 
 
 async def test_unexpected_errors_are_500_and_logged_once(
-    aiohttp_client: AiohttpClient, backend: EchoBackend, caplog: pytest.LogCaptureFixture
+    aiohttp_client: AiohttpClient, backend: EchoBackend, caplog: pytest.LogCaptureFixture, auth: dict[str, str]
 ) -> None:
     async def broken(_request: web.Request) -> NoReturn:
         raise RuntimeError(SECRET_DETAIL)
@@ -171,7 +175,7 @@ async def test_unexpected_errors_are_500_and_logged_once(
     app.router.add_get("/broken", broken)
     client = await aiohttp_client(app)
     with caplog.at_level(logging.ERROR):
-        response = await client.get("/broken")
+        response = await client.get("/broken", headers=auth)
     problem = await problem_of(response, 500)
     assert SECRET_DETAIL not in await response.text()
     assert problem["detail"] == "The server failed to handle the request."

@@ -26,6 +26,7 @@ from flowforge.workflow.v1 import workflow_pb2, workflow_service_pb2, workflow_s
 from flowforge_common.auth import Principal
 from flowforge_common.errors import NotFoundError
 from flowforge_common.service import RunningService
+from flowforge_common.service_identity import ServiceCredential
 from tests.fixtures.databases import DatabaseTarget
 from tests.fixtures.test_agent import TestAgent, test_agent  # noqa: F401  (fixture)
 from tests.fixtures.tokens import TokenFactory
@@ -79,6 +80,7 @@ async def execution(
         db_schema=database.schema,
         data_dir=database.data_dir,
         lease_seconds=5,
+        agent_network="allow-private",  # the test agent listens on loopback
         heartbeat_seconds=1,
         idle_poll_seconds=0.5,
         shutdown_grace_seconds=0,
@@ -154,7 +156,11 @@ async def test_a_run_executes_and_streams_its_events(client: Client) -> None:
 async def test_a_watcher_following_live_sees_every_event_once(client: Client) -> None:
     run = await execute(client)
     live = asyncio.create_task(watch(client, run.id))
-    await asyncio.sleep(0.3)
+    for _ in range(400):  # the signal is refused until a step waits for it
+        current = (await client.stub.GetRun(pb.GetRunRequest(id=run.id), metadata=client.metadata)).run
+        if any(step.status == run_pb.STEP_STATUS_WAITING for step in current.steps):
+            break
+        await asyncio.sleep(0.025)
     await client.stub.SendSignal(pb.SendSignalRequest(id=run.id, name="ok"), metadata=client.metadata)
     events = await asyncio.wait_for(live, 10)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -258,7 +264,7 @@ async def test_workflow_definitions_come_from_workflow_svc() -> None:
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            source = WorkflowServiceSource(channel)
+            source = WorkflowServiceSource(channel, ServiceCredential("s" * 32, service_name="execution"))
             caller = Principal(tenant_id=TENANT, subject="usr", token="tok-123")
             snapshot = await source.fetch(caller, "wf_proto", 3)
             assert fake.seen_auth == ["Bearer tok-123"]
