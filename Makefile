@@ -26,6 +26,9 @@ run: $(STAMP) ## start auth, workflow, execution and the edge on the embedded de
 test: $(STAMP) ## run the whole suite (SQLite and PostgreSQL backends)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
+bench: $(STAMP) ## benchmark the execution engine on PostgreSQL (FLOWFORGE_BENCH_PG_ADMIN); prints one table
+	$(PY) tools/bench.py $(BENCH_ARGS)
+
 proto: $(STAMP) ## regenerate generated/ from proto/
 	$(PY) tools/gen_proto.py
 
