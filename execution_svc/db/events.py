@@ -9,26 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
-from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from execution_svc.db.orm import events
-from execution_svc.domain.models import EventRecord, LoggedEvent
-
-
-def _event_from_row(row: Row[Any]) -> EventRecord:
-    return EventRecord(
-        run_id=row.run_id,
-        tenant_id=row.tenant_id,
-        workflow_id=row.workflow_id,
-        seq=row.seq,
-        type=row.type,
-        timestamp=row.timestamp,
-        step_id=row.step_id,
-        data=row.data,
-    )
+from execution_svc.db.repository import event_from_row
+from execution_svc.domain.models import LoggedEvent
 
 
 async def head_position(session: AsyncSession) -> int:
@@ -65,4 +52,4 @@ async def list_log_events(
     if types:
         query = query.where(events.c.type.in_(sorted(types)))
     result = await session.execute(query.order_by(events.c.id))
-    return [LoggedEvent(position=int(row.id), event=_event_from_row(row)) for row in result]
+    return [LoggedEvent(position=int(row.id), event=event_from_row(row)) for row in result]

@@ -506,10 +506,25 @@ new_runs AS (
     SELECT {_RUN_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_runs' FROM d)) AS x({_RUN_RECORD})
 ),
 changed_runs AS (
-    UPDATE runs AS r SET {_assignments(_RUN_COLUMNS, {
-        "id", "tenant_id", "workflow_id", "workflow_name", "workflow_version", "workflow", "input", "trigger",
-        "triggered_by", "parent_run_id", "parent_step_id", "created_at",
-    })}
+    UPDATE runs AS r SET {
+    _assignments(
+        _RUN_COLUMNS,
+        {
+            "id",
+            "tenant_id",
+            "workflow_id",
+            "workflow_name",
+            "workflow_version",
+            "workflow",
+            "input",
+            "trigger",
+            "triggered_by",
+            "parent_run_id",
+            "parent_step_id",
+            "created_at",
+        },
+    )
+}
     FROM jsonb_to_recordset((SELECT j->'changed_runs' FROM d)) AS x({_RUN_RECORD})
     -- `= ANY($2)` makes the primary key find the rows: the planner cannot see how few the
     -- JSON holds and would otherwise scan the table.
@@ -825,9 +840,7 @@ def _deletes_then_upserts(ops: Sequence[TaskOp]) -> bool:
     return True
 
 
-async def _apply_task_ops(
-    session: AsyncSession, tenant_id: str, run_id: str, ops: Sequence[TaskOp]
-) -> list[TaskLease]:
+async def _apply_task_ops(session: AsyncSession, tenant_id: str, run_id: str, ops: Sequence[TaskOp]) -> list[TaskLease]:
     """Applies one run's queue operations in order, batching consecutive upserts and deletes."""
     leases: list[TaskLease] = []
     index = 0
@@ -876,9 +889,7 @@ async def _apply_task_ops(
     return leases
 
 
-async def _upsert_tasks(
-    session: AsyncSession, per_run: Sequence[tuple[str, str, list[UpsertTask]]]
-) -> list[TaskLease]:
+async def _upsert_tasks(session: AsyncSession, per_run: Sequence[tuple[str, str, list[UpsertTask]]]) -> list[TaskLease]:
     """One multi-row upsert for the tasks of several runs: (tenant_id, run_id, operations)."""
     latest: dict[tuple[str, str, int], tuple[str, UpsertTask]] = {}
     for tenant_id, run_id, ops in per_run:
@@ -955,9 +966,7 @@ def _upsert_task_statement(dialect: str) -> Any:
 
 _UPSERT_TASK = {dialect: _upsert_task_statement(dialect) for dialect in ("postgresql", "sqlite")}
 _UPSERT_TASK_RETURNING = {
-    dialect: statement.returning(
-        tasks.c.id, tasks.c.run_id, tasks.c.step_id, tasks.c.item_index, tasks.c.fencing_token
-    )
+    dialect: statement.returning(tasks.c.id, tasks.c.run_id, tasks.c.step_id, tasks.c.item_index, tasks.c.fencing_token)
     for dialect, statement in _UPSERT_TASK.items()
 }
 
@@ -978,9 +987,7 @@ async def claim_ready_tasks(
         select(tasks.c.id)
         .where(_IS_READY, tasks.c.available_at <= now, _HAS_FREE_SLOT)
         # Ties break on the step row, not the random id, so claim order is reproducible.
-        .order_by(
-            tasks.c.priority.desc(), tasks.c.available_at, tasks.c.run_id, tasks.c.step_id, tasks.c.item_index
-        )
+        .order_by(tasks.c.priority.desc(), tasks.c.available_at, tasks.c.run_id, tasks.c.step_id, tasks.c.item_index)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -1008,9 +1015,7 @@ async def claim_ready_tasks(
         )
     )
     # RETURNING follows no order: restore the claim order for the caller.
-    claimed = sorted(
-        result, key=lambda row: (-row.priority, row.available_at, row.run_id, row.step_id, row.item_index)
-    )
+    claimed = sorted(result, key=lambda row: (-row.priority, row.available_at, row.run_id, row.step_id, row.item_index))
     if any(row.concurrency_key is not None for row in claimed):
         over = await _release_over_limit(session, claimed)
         claimed = [row for row in claimed if row.id not in over]
@@ -1199,19 +1204,21 @@ async def list_events(
         .order_by(events.c.seq)
         .limit(limit)
     )
-    return [
-        EventRecord(
-            run_id=row.run_id,
-            tenant_id=row.tenant_id,
-            workflow_id=row.workflow_id,
-            seq=row.seq,
-            type=row.type,
-            timestamp=row.timestamp,
-            step_id=row.step_id,
-            data=row.data,
-        )
-        for row in result
-    ]
+    return [event_from_row(row) for row in result]
+
+
+def event_from_row(row: Row[Any]) -> EventRecord:
+    """An event as the domain sees it, from a row of `events`."""
+    return EventRecord(
+        run_id=row.run_id,
+        tenant_id=row.tenant_id,
+        workflow_id=row.workflow_id,
+        seq=row.seq,
+        type=row.type,
+        timestamp=row.timestamp,
+        step_id=row.step_id,
+        data=row.data,
+    )
 
 
 # --- idempotency keys --------------------------------------------------------------------------
