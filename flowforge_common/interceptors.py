@@ -23,6 +23,7 @@ from flowforge_common.auth import (
     reset_principal,
 )
 from flowforge_common.errors import (
+    BadRequestError,
     DomainError,
     PermissionDeniedError,
     UnauthenticatedError,
@@ -166,6 +167,26 @@ class _Outcome:
         RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.started)
 
 
+UNSTORABLE_TEXT = "text must not contain the NUL character (U+0000) or invalid Unicode"
+# PostgreSQL's SQLSTATEs for text it cannot store: character_not_in_repertoire (NUL bytes,
+# lone surrogates) and untranslatable_character.
+_UNSTORABLE_TEXT_STATES = frozenset({"22021", "22P05"})
+
+
+def _is_unstorable_text(error: BaseException) -> bool:
+    """Whether PostgreSQL refused a parameter's text (e.g. a NUL in an id someone looked up):
+    the caller's input, so a 400, not an internal error. Walks the driver's exception chain."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        for candidate in (seen, getattr(seen, "orig", None)):
+            if getattr(candidate, "sqlstate", None) in _UNSTORABLE_TEXT_STATES:
+                return True
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    return False
+
+
 def _wrap_unary(
     method: str,
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
@@ -190,9 +211,12 @@ def _wrap_unary(
         except (grpc.aio.AbortError, grpc.RpcError):
             outcome.aborted_by_servicer(context)
             raise
-        except Exception:
-            logger.exception("unhandled error in RPC", extra={"method": method})
-            await outcome.abort_plain(context, grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as error:
+            if _is_unstorable_text(error):
+                await outcome.abort(context, BadRequestError(UNSTORABLE_TEXT))
+            else:
+                logger.exception("unhandled error in RPC", extra={"method": method})
+                await outcome.abort_plain(context, grpc.StatusCode.INTERNAL, "internal error")
         finally:
             if token is not None:
                 reset_principal(token)

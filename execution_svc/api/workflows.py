@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from flowforge.workflow.v1 import workflow_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from flowforge_common.auth import Principal
 from flowforge_common.errors import (
+    BadRequestError,
     ConflictError,
     DomainError,
     NotFoundError,
@@ -21,6 +22,7 @@ from flowforge_common.errors import (
 from flowforge_common.service_identity import ServiceCredential
 
 _ERRORS: dict[grpc.StatusCode, type[DomainError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: BadRequestError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,

@@ -232,3 +232,11 @@ async def test_cancelling_the_parent_cancels_the_child(stack: Stack) -> None:
     assert response.status == 202, await response.text()
     assert (await finished_run(stack, member, parent_run_id))["status"] == "cancelled"
     assert (await finished_run(stack, member, child["id"]))["status"] == "cancelled"
+
+
+async def test_ids_postgresql_cannot_store_are_a_400_not_a_crash(stack: Stack) -> None:
+    member = await stack.member()
+    for method, path in [("GET", "/api/v1/workflows/wf_%00x"), ("POST", "/api/v1/workflows/wf_%00x/execute")]:
+        response = await stack.client.request(method, path, json={"input": {}}, headers=member.headers)
+        assert response.status in (400, 404), (path, response.status, await response.text())
+        assert response.content_type == "application/problem+json"
