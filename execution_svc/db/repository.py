@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -618,24 +618,7 @@ async def _save_in_one_statement(
                 deleted.append({**base, "step_id": step_id, "item_index": item_index})
             elif isinstance(op, UpsertTask):
                 ops_by_key[(run.id, step_id, item_index)] = (run.tenant_id, op)
-                upserted.append(
-                    {
-                        "id": new_id("tsk"),
-                        **base,
-                        "step_id": step_id,
-                        "item_index": item_index,
-                        "kind": op.kind.value,
-                        "state": op.state.value,
-                        "priority": op.priority,
-                        "available_at": op.available_at,
-                        "lease_owner": op.lease_owner,
-                        "lease_expires_at": op.lease_expires_at,
-                        "fencing_token": 1,
-                        "created_at": op.available_at,
-                        "concurrency_key": op.concurrency_key,
-                        "concurrency_limit": op.concurrency_limit,
-                    }
-                )
+                upserted.append(_task_row(run.tenant_id, run.id, step_id, item_index, op))
     payload = {
         "new_runs": new_runs,
         "changed_runs": [
@@ -656,24 +639,7 @@ async def _save_in_one_statement(
         json.dumps(payload, default=_json_default, separators=(",", ":")),
         [row["k_id"] for row in changed_runs],
     )
-    leases: list[TaskLease] = []
-    for row in result:
-        tenant_id, op = ops_by_key[(row["run_id"], row["step_id"], row["item_index"])]
-        if op.lease_owner is not None and op.lease_expires_at is not None:
-            leases.append(
-                TaskLease(
-                    task_id=row["id"],
-                    tenant_id=tenant_id,
-                    run_id=row["run_id"],
-                    step_id=row["step_id"],
-                    item_index=row["item_index"],
-                    kind=op.kind,
-                    token=row["fencing_token"],
-                    owner=op.lease_owner,
-                    expires_at=op.lease_expires_at,
-                )
-            )
-    return leases
+    return _eager_leases(result, ops_by_key)
 
 
 _UPDATE_RUN = (
@@ -899,23 +865,7 @@ async def _upsert_tasks(session: AsyncSession, per_run: Sequence[tuple[str, str,
     if not latest:
         return []
     rows = [
-        {
-            "id": new_id("tsk"),
-            "tenant_id": tenant_id,
-            "run_id": run_id,
-            "step_id": step_id,
-            "item_index": item_index,
-            "kind": op.kind.value,
-            "state": op.state.value,
-            "priority": op.priority,
-            "available_at": op.available_at,
-            "lease_owner": op.lease_owner,
-            "lease_expires_at": op.lease_expires_at,
-            "fencing_token": 1,
-            "created_at": op.available_at,
-            "concurrency_key": op.concurrency_key,
-            "concurrency_limit": op.concurrency_limit,
-        }
+        _task_row(tenant_id, run_id, step_id, item_index, op)
         for (run_id, step_id, item_index), (tenant_id, op) in sorted(latest.items())
     ]
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
@@ -923,19 +873,48 @@ async def _upsert_tasks(session: AsyncSession, per_run: Sequence[tuple[str, str,
         await session.execute(_UPSERT_TASK[dialect], rows)
         return []
     result = await session.execute(_UPSERT_TASK_RETURNING[dialect], rows)
+    return _eager_leases((row._mapping for row in result), latest)
+
+
+def _task_row(tenant_id: str, run_id: str, step_id: str, item_index: int, op: UpsertTask) -> dict[str, Any]:
+    """The `tasks` row an upsert writes (both save paths)."""
+    return {
+        "id": new_id("tsk"),
+        "tenant_id": tenant_id,
+        "run_id": run_id,
+        "step_id": step_id,
+        "item_index": item_index,
+        "kind": op.kind.value,
+        "state": op.state.value,
+        "priority": op.priority,
+        "available_at": op.available_at,
+        "lease_owner": op.lease_owner,
+        "lease_expires_at": op.lease_expires_at,
+        "fencing_token": 1,
+        "created_at": op.available_at,
+        "concurrency_key": op.concurrency_key,
+        "concurrency_limit": op.concurrency_limit,
+    }
+
+
+def _eager_leases(
+    returned: Iterable[Mapping[Any, Any]], ops: Mapping[tuple[str, str, int], tuple[str, UpsertTask]]
+) -> list[TaskLease]:
+    """Leases of the upserted tasks that were dispatched eagerly, from the rows the upsert
+    returned (`id`, `run_id`, `step_id`, `item_index`, `fencing_token`)."""
     leases = []
-    for row in result:
-        tenant_id, op = latest[(row.run_id, row.step_id, row.item_index)]
+    for row in returned:
+        tenant_id, op = ops[(row["run_id"], row["step_id"], row["item_index"])]
         if op.lease_owner is not None and op.lease_expires_at is not None:
             leases.append(
                 TaskLease(
-                    task_id=row.id,
+                    task_id=row["id"],
                     tenant_id=tenant_id,
-                    run_id=row.run_id,
-                    step_id=row.step_id,
-                    item_index=row.item_index,
+                    run_id=row["run_id"],
+                    step_id=row["step_id"],
+                    item_index=row["item_index"],
                     kind=op.kind,
-                    token=row.fencing_token,
+                    token=row["fencing_token"],
                     owner=op.lease_owner,
                     expires_at=op.lease_expires_at,
                 )

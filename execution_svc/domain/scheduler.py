@@ -513,13 +513,14 @@ class RunScheduler:
             if step.timeout_ms is not None:
                 self._queue_task(row, TaskKind.SIGNAL_TIMEOUT, self.now + dt.timedelta(milliseconds=step.timeout_ms))
         elif step.type.remote:
+            key = None
             if step.concurrency is not None:
                 try:
-                    self._concurrency_key(step, row)
+                    key = self._concurrency_key(step, row)
                 except ExpressionError as exc:
                     self._fail_step(step, row, RunError("EXPRESSION_ERROR", f"concurrency.key: {exc}"))
                     return
-            self._queue_task(row, TaskKind.EXECUTE, self.now)
+            self._queue_task(row, TaskKind.EXECUTE, self.now, concurrency_key=key)
             if step.concurrency is None:
                 # A keyed step waits for a claim, which counts the key's running attempts.
                 self.state.dispatchable.append(row.key)
@@ -532,7 +533,15 @@ class RunScheduler:
         self._mark_started()
         self._emit_step(EventType.STEP_STARTED, row, attempt=row.attempt, **data)
 
-    def _queue_task(self, row: StepRecord, kind: TaskKind, available_at: dt.datetime, *, held: bool = False) -> None:
+    def _queue_task(
+        self,
+        row: StepRecord,
+        kind: TaskKind,
+        available_at: dt.datetime,
+        *,
+        held: bool = False,
+        concurrency_key: str | None = None,
+    ) -> None:
         paused = self.state.run.status is RunStatus.PAUSED and kind is TaskKind.EXECUTE
         step = self.definition.step(row.step_id)
         keyed = kind is TaskKind.EXECUTE and step.concurrency is not None
@@ -544,7 +553,7 @@ class RunScheduler:
                 available_at=available_at,
                 priority=step.priority,
                 state=TaskState.HELD if held or paused else TaskState.READY,
-                concurrency_key=self._safe_concurrency_key(step, row) if keyed else None,
+                concurrency_key=(concurrency_key or self._safe_concurrency_key(step, row)) if keyed else None,
                 concurrency_limit=step.concurrency.limit if keyed and step.concurrency else None,
             )
         )
@@ -563,7 +572,8 @@ class RunScheduler:
         step's input (with `item` for a `for_each` item); ExpressionError when it cannot be."""
         assert step.concurrency is not None
         context = self._context()
-        if row.item_index != STEP_ROW and step.for_each is not None:
+        # Only a key that reads `item` needs the item's value (the for_each list, evaluated again).
+        if row.item_index != STEP_ROW and step.for_each is not None and "item" in step.concurrency.key:
             values = self._expressions.values(step.for_each, context)
             if isinstance(values, list) and row.item_index < len(values):
                 context = {**context, "item": values[row.item_index]}

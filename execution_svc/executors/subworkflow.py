@@ -63,10 +63,7 @@ class SubWorkflowExecutor:
         except DomainError as exc:
             return StepFailed(RunError("SUB_WORKFLOW_REFUSED", exc.message), retryable=False)
         try:
-            if call.timeout_ms:
-                async with asyncio.timeout(call.timeout_ms / 1000):
-                    await self._until_finished(call.tenant_id, child.id)
-            else:
+            async with asyncio.timeout(call.timeout_ms / 1000 if call.timeout_ms else None):
                 await self._until_finished(call.tenant_id, child.id)
         except TimeoutError:
             await self._cancel_child(call, child.id, "the parent step timed out")

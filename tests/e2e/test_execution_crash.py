@@ -35,8 +35,9 @@ from execution_svc.domain.service import ExecutionEngine
 from execution_svc.notify import PostgresNotifier
 from execution_svc.server import MIGRATIONS
 from flowforge_common import db
-from tests.e2e.conftest import ROOT, free_port
+from tests.e2e.conftest import ROOT
 from tests.fixtures.databases import ADMIN_DSN, _unavailable
+from tests.fixtures.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
