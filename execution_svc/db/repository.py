@@ -352,10 +352,8 @@ async def save_state(session: AsyncSession, state: RunState) -> list[TaskLease]:
     return await save_states(session, [state])
 
 
-async def save_states(session: AsyncSession, states: Sequence[RunState]) -> list[TaskLease]:
-    """Writes everything the scheduler changed in `states` (runs locked by this transaction),
-    in this order: runs, step rows, attempts, events, queue operations; each kind for every
-    run at once, in multi-row statements. Returns the leases of tasks dispatched eagerly."""
+def _run_rows(states: Sequence[RunState]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The new and the changed run rows of `states`; a changed run's `state_version` goes up."""
     new_runs: list[dict[str, Any]] = []
     changed_runs: list[dict[str, Any]] = []
     for state in states:
@@ -386,7 +384,15 @@ async def save_states(session: AsyncSession, states: Sequence[RunState]) -> list
             changed_runs.append(
                 {"k_tenant_id": run.tenant_id, "k_id": run.id, **{f"v_{k}": v for k, v in _run_values(run).items()}}
             )
-    if _is_postgres(session) and all(_fits_one_statement(state) for state in states):
+    return new_runs, changed_runs
+
+
+async def save_states(session: AsyncSession, states: Sequence[RunState]) -> list[TaskLease]:
+    """Writes everything the scheduler changed in `states` (runs locked by this transaction),
+    in this order: runs, step rows, attempts, events, queue operations; each kind for every
+    run at once, in multi-row statements. Returns the leases of tasks dispatched eagerly."""
+    new_runs, changed_runs = _run_rows(states)
+    if _is_postgres(session) and fits_one_statement(states):
         return await _save_in_one_statement(session, states, new_runs, changed_runs)
     if new_runs:
         await session.execute(insert(runs), new_runs)
@@ -425,10 +431,14 @@ async def _driver_connection(session: AsyncSession) -> Any:
             await session.execute(text("SELECT 1"))
         if not driver.is_in_transaction():
             raise RuntimeError("the session did not begin a transaction")
+    await _use_generic_plans(driver)
+    return driver
+
+
+async def _use_generic_plans(driver: Any) -> None:
     if driver not in _GENERIC_PLANS:
         await driver.execute("SET plan_cache_mode = force_generic_plan")
         _GENERIC_PLANS.add(driver)
-    return driver
 
 
 async def _fetch(session: AsyncSession, sql: str, *args: Any) -> list[Any]:
@@ -447,9 +457,13 @@ def _is_postgres(session: AsyncSession) -> bool:
     return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
-def _fits_one_statement(state: RunState) -> bool:
-    """Deleted step rows and whole-run queue operations take the general path."""
-    return not state.deleted and all(isinstance(op, UpsertTask | DeleteTask) for op in state.task_ops)
+def fits_one_statement(states: Sequence[RunState]) -> bool:
+    """Whether `states` can be written by the one-statement save (PostgreSQL). Deleted step
+    rows and whole-run queue operations take the general path."""
+    return all(
+        not state.deleted and all(isinstance(op, UpsertTask | DeleteTask) for op in state.task_ops)
+        for state in states
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -499,8 +513,7 @@ def _assignments(columns: str, keys: set[str]) -> str:
 # Everything a transaction changed, written by one statement (one round trip): data-modifying
 # CTEs, each fed by one array of the JSON parameter. The text never changes, so it is prepared
 # once per connection. PostgreSQL only; SQLite takes the statement-per-kind path.
-_SAVE_SQL = f"""
-WITH d AS (SELECT $1::text::jsonb AS j),
+_SAVE_CTES = f"""
 new_runs AS (
     INSERT INTO runs ({_RUN_COLUMNS})
     SELECT {_RUN_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_runs' FROM d)) AS x({_RUN_RECORD})
@@ -560,7 +573,8 @@ deleted_tasks AS (
         AS x(tenant_id varchar, run_id varchar, step_id varchar, item_index int)
     WHERE t.tenant_id = x.tenant_id AND t.run_id = x.run_id AND t.step_id = x.step_id
       AND t.item_index = x.item_index
-)
+)"""
+_UPSERT_TASKS_SQL = f"""
 INSERT INTO tasks ({_TASK_COLUMNS})
 SELECT {_TASK_COLUMNS} FROM jsonb_to_recordset((SELECT j->'tasks' FROM d)) AS x({_TASK_RECORD})
 ON CONFLICT (run_id, step_id, item_index) DO UPDATE SET
@@ -570,23 +584,55 @@ ON CONFLICT (run_id, step_id, item_index) DO UPDATE SET
     concurrency_limit = excluded.concurrency_limit,
     -- A re-queued task gets a new token: whoever held it before is fenced off.
     fencing_token = tasks.fencing_token + 1
-RETURNING id, run_id, step_id, item_index, fencing_token
+RETURNING id, run_id, step_id, item_index, fencing_token"""
+_SAVE_SQL = f"WITH d AS (SELECT $1::text::jsonb AS j),{_SAVE_CTES}{_UPSERT_TASKS_SQL}"
+
+# `_SAVE_SQL` behind a gate, for a state computed from what this engine committed last: the
+# statement first locks the runs and the reported tasks (in the global lock order) and checks
+# that each run is still at the `state_version` the state was computed from and each lease is
+# still current. Only then does the JSON reach the write CTEs; otherwise every CTE reads an
+# empty object and writes nothing. On its own (outside a transaction) it is one round trip that
+# commits by itself. The first column says whether the gate opened.
+_SAVE_IF_CURRENT_SQL = f"""
+WITH r AS (
+    SELECT id FROM runs
+    WHERE id = ANY($4::text[])
+      AND (tenant_id, id, state_version) IN (SELECT * FROM unnest($3::text[], $4::text[], $5::bigint[]))
+    ORDER BY id
+    FOR UPDATE
+), t AS (
+    SELECT id FROM tasks
+    WHERE id = ANY($7::text[])
+      AND (tenant_id, id, fencing_token, lease_owner)
+        IN (SELECT * FROM unnest($6::text[], $7::text[], $8::bigint[], $9::text[]))
+      AND state = 'leased' AND lease_expires_at > $10
+    FOR UPDATE
+), gate AS (
+    SELECT (SELECT count(*) FROM r) = cardinality($4::text[])
+       AND (SELECT count(*) FROM t) = cardinality($7::text[]) AS open
+),
+d AS (SELECT CASE WHEN (SELECT open FROM gate) THEN $1::text::jsonb ELSE '{{}}'::jsonb END AS j),{_SAVE_CTES},
+upserted AS ({_UPSERT_TASKS_SQL})
+SELECT gate.open, u.id, u.run_id, u.step_id, u.item_index, u.fencing_token
+FROM gate LEFT JOIN upserted AS u ON true
 """
 
 
-async def _save_in_one_statement(
-    session: AsyncSession,
-    states: Sequence[RunState],
-    new_runs: list[dict[str, Any]],
-    changed_runs: list[dict[str, Any]],
-) -> list[TaskLease]:
+_TaskOpsByKey = dict[tuple[str, str, int], tuple[str, UpsertTask]]
+
+
+def _one_statement_payload(
+    states: Sequence[RunState], new_runs: list[dict[str, Any]], changed_runs: list[dict[str, Any]]
+) -> tuple[str, list[str], _TaskOpsByKey]:
+    """The JSON parameter of `_SAVE_SQL`, the ids of the changed runs, and the upserted tasks
+    by (run_id, step_id, item_index)."""
     steps_new: list[dict[str, Any]] = []
     steps_changed: list[dict[str, Any]] = []
     attempts_new: list[dict[str, Any]] = []
     attempts_changed: list[dict[str, Any]] = []
     deleted: list[dict[str, Any]] = []
     upserted: list[dict[str, Any]] = []
-    ops_by_key: dict[tuple[str, str, int], tuple[str, UpsertTask]] = {}
+    ops_by_key: _TaskOpsByKey = {}
     for state in states:
         run = state.run
         base = {"run_id": run.id, "tenant_id": run.tenant_id}
@@ -633,13 +679,53 @@ async def _save_in_one_statement(
         "deleted_tasks": deleted,
         "tasks": upserted,
     }
-    result = await _fetch(
-        session,
-        _SAVE_SQL,
-        json.dumps(payload, default=_json_default, separators=(",", ":")),
-        [row["k_id"] for row in changed_runs],
-    )
+    changed_ids = [row["k_id"] for row in changed_runs]
+    return json.dumps(payload, default=_json_default, separators=(",", ":")), changed_ids, ops_by_key
+
+
+async def _save_in_one_statement(
+    session: AsyncSession,
+    states: Sequence[RunState],
+    new_runs: list[dict[str, Any]],
+    changed_runs: list[dict[str, Any]],
+) -> list[TaskLease]:
+    payload, changed_ids, ops_by_key = _one_statement_payload(states, new_runs, changed_runs)
+    result = await _fetch(session, _SAVE_SQL, payload, changed_ids)
     return _eager_leases(result, ops_by_key)
+
+
+async def save_states_if_current(
+    connection: Any, states: Sequence[RunState], leases: Sequence[TaskLease], now: dt.datetime
+) -> list[TaskLease] | None:
+    """Writes `states`, computed from runs as this engine last committed them, in one
+    self-committing statement on `connection` (an asyncpg connection outside any transaction),
+    provided each run is still at the `state_version` its state was computed from and every
+    lease in `leases` is still current. Returns the leases of the tasks dispatched eagerly, or
+    None when the gate stayed shut (nothing was written: the caller takes the locking path).
+    PostgreSQL only; `states` must be changed runs that `fits_one_statement`."""
+    expected = sorted((state.run.tenant_id, state.run.id, state.run.state_version) for state in states)
+    new_runs, changed_runs = _run_rows(states)
+    if new_runs or len(changed_runs) != len(states):
+        raise ValueError("the gated save writes changed runs only")
+    payload, changed_ids, ops_by_key = _one_statement_payload(states, new_runs, changed_runs)
+    held = sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
+    await _use_generic_plans(connection)
+    rows = await connection.fetch(
+        _SAVE_IF_CURRENT_SQL,
+        payload,
+        changed_ids,
+        [key[0] for key in expected],
+        [key[1] for key in expected],
+        [key[2] for key in expected],
+        [key[0] for key in held],
+        [key[1] for key in held],
+        [key[2] for key in held],
+        [key[3] for key in held],
+        now,
+    )
+    if not rows or not rows[0]["open"]:
+        return None
+    return _eager_leases([row for row in rows if row["id"] is not None], ops_by_key)
 
 
 _UPDATE_RUN = (

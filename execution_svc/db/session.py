@@ -73,6 +73,15 @@ class Database:
         async with self._reader() as session:
             yield session
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection outside any transaction (PostgreSQL only): each
+        statement sent on it is a transaction of its own, one round trip with no BEGIN or
+        COMMIT. For the statements written to be atomic and self-checking on their own."""
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            yield raw.driver_connection
+
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Runs `work` in a write transaction and commits it; transient conflicts (deadlocks,
         serialisation failures) roll back and run `work` again with a short jittered pause,

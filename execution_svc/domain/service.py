@@ -56,7 +56,7 @@ from execution_svc.domain.ports import (
     StepResult,
 )
 from execution_svc.domain.scheduler import RunScheduler
-from execution_svc.domain.state import ReleaseRunTasks, RunState, UpsertTask
+from execution_svc.domain.state import InvariantError, ReleaseRunTasks, RunState, UpsertTask
 from execution_svc.domain.views import run_view, run_view_from_json, run_view_to_json, step_views
 from execution_svc.domain.watch import EventFilter, EventStream, EventWatcher, WatchConfig
 from flowforge_common.errors import ConflictError, FieldViolation, NotFoundError, ValidationError
@@ -438,41 +438,27 @@ class ExecutionEngine:
         return await self._completions.submit(_Completion(assignment, result, capacity))
 
     async def _complete_tasks(self, completions: list[_Completion]) -> list[list[Assignment] | BaseException]:
-        """One transaction for a batch of results; if it fails, each result on its own."""
+        """One transaction for a batch of results; if it fails, each result on its own.
+
+        PostgreSQL, when this engine committed every run of the batch last (its kept states
+        are current): the results are applied to the kept states and written by one gated,
+        self-committing statement (`repo.save_states_if_current`), one round trip in all.
+        When the gate stays shut (another engine changed a run, a lease moved on), nothing was
+        written and the batch takes the locking path below."""
         by_run: dict[tuple[str, str], list[int]] = defaultdict(list)
         for index, completion in enumerate(completions):
             lease = completion.assignment.lease
             by_run[(lease.run_id, lease.tenant_id)].append(index)
-        # Each worker's report counts its own slot plus the free ones, which they all share.
-        capacity = max(completion.capacity for completion in completions) + len(completions) - 1
+        if self._db.is_postgres:
+            done = await self._complete_if_current(completions, by_run)
+            if done is not None:
+                return done
 
         async def work(session: AsyncSession) -> tuple[list[list[Assignment] | BaseException], list[RunState]]:
             now = self._clock()
             runs = [(tenant_id, run_id) for run_id, tenant_id in by_run]
             loaded, current = await self._load_many(session, runs, now, [c.assignment.lease for c in completions])
-            outcomes: list[list[Assignment] | BaseException] = [[] for _ in completions]
-            schedulers: list[tuple[RunScheduler, int, list[StepKey]]] = []
-            room = capacity
-            for run_id, tenant_id in sorted(by_run):
-                scheduler = loaded.get(run_id)
-                first_taker = -1
-                for index in by_run[(run_id, tenant_id)]:
-                    assignment, result = completions[index].assignment, completions[index].result
-                    lease = assignment.lease
-                    if scheduler is None or lease.task_id not in current:
-                        outcomes[index] = StaleLeaseError(
-                            f"task {lease.task_id} ({lease.step_id}) is no longer leased under token "
-                            f"{lease.token}: its lease expired or another worker took it over; "
-                            "the result is refused"
-                        )
-                        continue
-                    scheduler.complete_attempt(lease.key, assignment.call.attempt, result)
-                    first_taker = index if first_taker < 0 else first_taker
-                if scheduler is not None and first_taker >= 0:
-                    owner = completions[first_taker].assignment.lease.owner
-                    keys = self._dispatch_eagerly(scheduler, owner, room, now)
-                    room -= len(keys)
-                    schedulers.append((scheduler, first_taker, keys))
+            outcomes, schedulers = self._apply_completions(completions, by_run, loaded, current, now)
             states = [scheduler.state for scheduler, _, _ in schedulers]
             leased = await repo.save_states(session, states)
             for scheduler, index, keys in schedulers:
@@ -487,6 +473,85 @@ class ExecutionEngine:
         outcomes: list[list[Assignment] | BaseException] = []
         for completion in completions:
             outcomes += await self._complete_tasks([completion])
+        return outcomes
+
+    def _apply_completions(
+        self,
+        completions: list[_Completion],
+        by_run: dict[tuple[str, str], list[int]],
+        loaded: dict[str, RunScheduler],
+        current: set[str],
+        now: dt.datetime,
+    ) -> tuple[list[list[Assignment] | BaseException], list[tuple[RunScheduler, int, list[StepKey]]]]:
+        """Applies each result whose lease is in `current` to its run's scheduler and leases
+        newly ready steps to the reporting worker (eager dispatch). Returns each completion's
+        outcome so far (StaleLeaseError for a refused one) and, per run changed, its scheduler,
+        the completion that takes its eager steps, and those steps."""
+        # Each worker's report counts its own slot plus the free ones, which they all share.
+        room = max(completion.capacity for completion in completions) + len(completions) - 1
+        outcomes: list[list[Assignment] | BaseException] = [[] for _ in completions]
+        schedulers: list[tuple[RunScheduler, int, list[StepKey]]] = []
+        for run_id, tenant_id in sorted(by_run):
+            scheduler = loaded.get(run_id)
+            first_taker = -1
+            for index in by_run[(run_id, tenant_id)]:
+                assignment, result = completions[index].assignment, completions[index].result
+                lease = assignment.lease
+                if scheduler is None or lease.task_id not in current:
+                    outcomes[index] = StaleLeaseError(
+                        f"task {lease.task_id} ({lease.step_id}) is no longer leased under token "
+                        f"{lease.token}: its lease expired or another worker took it over; "
+                        "the result is refused"
+                    )
+                    continue
+                scheduler.complete_attempt(lease.key, assignment.call.attempt, result)
+                first_taker = index if first_taker < 0 else first_taker
+            if scheduler is not None and first_taker >= 0:
+                owner = completions[first_taker].assignment.lease.owner
+                keys = self._dispatch_eagerly(scheduler, owner, room, now)
+                room -= len(keys)
+                schedulers.append((scheduler, first_taker, keys))
+        return outcomes, schedulers
+
+    async def _complete_if_current(
+        self, completions: list[_Completion], by_run: dict[tuple[str, str], list[int]]
+    ) -> list[list[Assignment] | BaseException] | None:
+        """The one-round-trip path of `_complete_tasks`; None when it does not apply or its
+        gate stayed shut (then nothing was written and no kept state is left behind)."""
+        if any(
+            run_id not in self._states or self._states[run_id][0].tenant_id != tenant_id
+            for run_id, tenant_id in by_run
+        ):
+            return None
+        now = self._clock()
+        loaded: dict[str, RunScheduler] = {}
+        for run_id, _ in by_run:
+            # Taken out: if this attempt fails half-way, the next transaction reads the run.
+            run, rows = self._states.pop(run_id)
+            run.updated_at = now
+            loaded[run_id] = self._scheduler(RunState.load(run, rows), now)
+        leases = [completion.assignment.lease for completion in completions]
+        try:
+            outcomes, schedulers = self._apply_completions(
+                completions, by_run, loaded, {lease.task_id for lease in leases}, now
+            )
+        except InvariantError:
+            return None  # a result for an attempt the kept state has moved past: a stale lease
+        states = [scheduler.state for scheduler, _, _ in schedulers]
+        if len(states) != len(by_run) or not repo.fits_one_statement(states):
+            return None
+        try:
+            async with self._db.autocommit() as connection:
+                leased = await repo.save_states_if_current(connection, states, leases, now)
+        except Exception:
+            logger.debug("the one-statement completion failed; taking the locking path", exc_info=True)
+            return None
+        if leased is None:
+            return None
+        for scheduler, index, keys in schedulers:
+            outcomes[index] = self._assign(scheduler, leased, keys)
+        self._keep(states)
+        await self._publish(states)
         return outcomes
 
     async def extend_leases(self, owner: str, task_ids: list[str]) -> set[str]:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from execution_svc.db import repository as repo
 from execution_svc.db.orm import tasks
 from execution_svc.db.session import Database
 from execution_svc.domain.models import RunError, RunStatus, StepStatus, TaskKind
@@ -248,3 +249,60 @@ async def test_total_timeout_bounds_retries(manual: Manual) -> None:
     run = await manual.engine.get_run(TENANT, run_id)
     assert run.error is not None and run.error.code == "TOTAL_TIMEOUT"
     assert "busy" in run.error.message
+
+
+async def test_a_result_written_from_a_kept_state_never_overwrites_another_engines_change(
+    manual: Manual, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engine A keeps the state it committed; engine B (another process) then changes the
+    run. A's next result must not be written over B's change: on PostgreSQL the one-statement
+    save's gate stays shut and A takes the locking path."""
+    gates: list[bool] = []
+    gated_save = repo.save_states_if_current
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        leased = await gated_save(*args, **kwargs)
+        gates.append(leased is not None)
+        return leased
+
+    monkeypatch.setattr(repo, "save_states_if_current", spy)
+    other = ExecutionEngine(
+        manual.db, InProcessNotifier(), clock=manual.clock, config=EngineConfig(lease_seconds=10), rng=random.Random(2)
+    )
+    run_id = await manual.start(agent_step("a"), agent_step("b"), agent_step("c"))
+    a, b, c = sorted(await manual.claim_and_start("w1"), key=lambda x: x.lease.step_id)
+    await manual.engine.complete_task(a, StepSucceeded("from A"))
+    await other.complete_task(b, StepSucceeded("from B"))
+    await manual.engine.complete_task(c, StepSucceeded("from A again"))
+
+    run = await manual.engine.get_run(TENANT, run_id)
+    assert run.status is RunStatus.SUCCEEDED
+    steps = {step.step_id: step.output for step in await manual.engine.list_steps(TENANT, run_id)}
+    assert steps == {"a": "from A", "b": "from B", "c": "from A again"}
+    assert (await manual.types(run_id)).count("workflow.step.completed") == 3
+    if manual.db.is_postgres:
+        # A's last result was tried from its kept state first, and refused by the gate.
+        assert gates[-1] is False
+
+
+async def test_a_sequential_run_commits_each_result_in_one_gated_statement(
+    manual: Manual, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gates: list[bool] = []
+    gated_save = repo.save_states_if_current
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        leased = await gated_save(*args, **kwargs)
+        gates.append(leased is not None)
+        return leased
+
+    monkeypatch.setattr(repo, "save_states_if_current", spy)
+    run_id = await manual.start(agent_step("a"), agent_step("b", "a"), agent_step("c", "b"))
+    [current] = await manual.claim_and_start("w1")
+    for step_id in ("a", "b", "c"):
+        assert current.lease.step_id == step_id
+        handed = await manual.engine.complete_task(current, StepSucceeded(step_id), capacity=1)
+        current = handed[0] if handed else current
+    assert (await manual.engine.get_run(TENANT, run_id)).status is RunStatus.SUCCEEDED
+    # SQLite has one writer and always takes the locking path.
+    assert gates == ([True, True, True] if manual.db.is_postgres else [])
