@@ -15,9 +15,9 @@ import json
 import logging
 import random
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import jsonschema
 from sqlalchemy.exc import IntegrityError
@@ -101,6 +101,26 @@ class Assignment:
     call: StepCall
 
 
+class EagerTaker(Protocol):
+    """A worker in this process that takes new runs' first remote steps in the transaction
+    that starts them (eager start: no wake-up, claim and start transactions before the first
+    call). Attached with `ExecutionEngine.attach_worker`."""
+
+    @property
+    def worker_id(self) -> str:
+        """The lease owner of the steps it takes."""
+        ...
+
+    def reserve(self, wanted: int) -> int:
+        """Reserves up to `wanted` of its free slots; returns how many it reserved."""
+        ...
+
+    def take(self, assignments: list[Assignment], reserved: int) -> None:
+        """Executes `assignments` (leased to it and committed) and frees the slots of the
+        `reserved` that they do not use."""
+        ...
+
+
 class ExecutionEngine:
     """Runs, controls and the worker protocol, over one database."""
 
@@ -124,6 +144,7 @@ class ExecutionEngine:
         # Run id -> (run, step rows) as this engine last committed them; see `_load`.
         self._states: OrderedDict[str, tuple[RunRecord, list[StepRecord]]] = OrderedDict()
         self._starts: GroupCommit[_StartRequest, RunView] = GroupCommit(self._start_runs)
+        self._takers: list[EagerTaker] = []
         self._completions: GroupCommit[_Completion, list[Assignment]] = GroupCommit(self._complete_tasks)
         self._watcher = EventWatcher(
             database,
@@ -145,6 +166,41 @@ class ExecutionEngine:
     def now(self) -> dt.datetime:
         """The engine's clock."""
         return self._clock()
+
+    def attach_worker(self, taker: EagerTaker) -> Callable[[], None]:
+        """Lets `taker` take the first remote steps of runs this engine starts; returns the
+        function that detaches it."""
+        self._takers.append(taker)
+
+        def detach() -> None:
+            if taker in self._takers:
+                self._takers.remove(taker)
+
+        return detach
+
+    def _reserve_taker(self, definitions: Iterable[WorkflowDef]) -> tuple[EagerTaker | None, int]:
+        """The attached worker that takes the root steps of runs of `definitions` at start,
+        with the slots it reserved for them (round robin over the attached workers)."""
+        wanted = sum(1 for definition in definitions for step in definition.steps if not step.depends_on)
+        for _ in range(len(self._takers) if wanted else 0):
+            taker = self._takers.pop(0)
+            self._takers.append(taker)
+            reserved = taker.reserve(wanted)
+            if reserved > 0:
+                return taker, reserved
+        return None, 0
+
+    def _dispatch_at_start(
+        self, schedulers: Sequence[RunScheduler], taker: EagerTaker | None, room: int, now: dt.datetime
+    ) -> list[tuple[RunScheduler, list[StepKey]]]:
+        eager: list[tuple[RunScheduler, list[StepKey]]] = []
+        for scheduler in schedulers:
+            if taker is None or room <= 0:
+                break
+            keys = self._dispatch_eagerly(scheduler, taker.worker_id, room, now)
+            room -= len(keys)
+            eager.append((scheduler, keys))
+        return eager
 
     # =====================================================================================
     # Runs
@@ -188,19 +244,32 @@ class ExecutionEngine:
         request_hash = _hash("start_run", definition.id, requested_version, run_input)
 
         async def work(session: AsyncSession) -> tuple[RunView, list[RunState]]:
+            handed.clear()
             replay = await self._replay(session, tenant_id, idempotency_key, request_hash)
             if replay is not None:
                 return replay, []
             now = self._clock()
-            view, state = self._new_run(request, now)
-            await repo.save_state(session, state)
+            scheduler = self._new_run(request, now)
+            eager = self._dispatch_at_start([scheduler], taker, reserved, now)
+            leased = await repo.save_state(session, scheduler.state)
+            handed.extend(a for started, keys in eager for a in self._assign(started, leased, keys))
+            view = self._started_view(scheduler)
             await self._remember_answer(session, tenant_id, idempotency_key, request_hash, view, now)
-            return view, [state]
+            return view, [scheduler.state]
 
-        return await self._write_and_publish(work)
+        taker, reserved = self._reserve_taker([definition])
+        handed: list[Assignment] = []
+        try:
+            return await self._write_and_publish(work)
+        except BaseException:
+            handed.clear()
+            raise
+        finally:
+            if taker is not None:
+                taker.take(handed, reserved)
 
-    def _new_run(self, request: _StartRequest, now: dt.datetime) -> tuple[RunView, RunState]:
-        """A new run's state, started: `workflow.started` and its root steps."""
+    def _new_run(self, request: _StartRequest, now: dt.datetime) -> RunScheduler:
+        """A new run's scheduler, started: `workflow.started` and its root steps."""
         definition = request.definition
         run = RunRecord(
             id=new_id("run"),
@@ -222,25 +291,40 @@ class ExecutionEngine:
         state = RunState.load(run, [], new=True)
         for step in definition.steps:
             state.add_row(StepRecord(run_id=run.id, step_id=step.id, item_index=STEP_ROW))
-        self._scheduler(state, now).start()
-        return run_view(run, step_views(run, state.rows.values())), state
+        scheduler = self._scheduler(state, now)
+        scheduler.start()
+        return scheduler
+
+    @staticmethod
+    def _started_view(scheduler: RunScheduler) -> RunView:
+        state = scheduler.state
+        return run_view(state.run, step_views(state.run, state.rows.values()))
 
     async def _start_runs(self, requests: list[_StartRequest]) -> list[RunView | BaseException]:
         """Starts a batch of runs in one transaction; if it fails, each run on its own, so
         that one bad request fails alone."""
 
         async def work(session: AsyncSession) -> tuple[list[RunView], list[RunState]]:
+            handed.clear()
             now = self._clock()
-            started = [self._new_run(request, now) for request in requests]
-            states = [state for _, state in started]
-            await repo.save_states(session, states)
-            return [view for view, _ in started], states
+            schedulers = [self._new_run(request, now) for request in requests]
+            eager = self._dispatch_at_start(schedulers, taker, reserved, now)
+            states = [scheduler.state for scheduler in schedulers]
+            leased = await repo.save_states(session, states)
+            handed.extend(a for scheduler, keys in eager for a in self._assign(scheduler, leased, keys))
+            return [self._started_view(scheduler) for scheduler in schedulers], states
 
+        taker, reserved = self._reserve_taker(request.definition for request in requests)
+        handed: list[Assignment] = []
         try:
             return list(await self._write_and_publish(work))
         except Exception as error:
+            handed.clear()
             if len(requests) == 1:
                 return [error]
+        finally:
+            if taker is not None:
+                taker.take(handed, reserved)
         outcomes: list[RunView | BaseException] = []
         for request in requests:
             outcomes += await self._start_runs([request])

@@ -4,7 +4,8 @@ the expired leases of others.
 It sleeps until a notification (new ready tasks), the next due task, or a slow fallback poll,
 whichever comes first; it never polls in a tight loop. After completing a step it runs the
 steps that completion made ready straight away (eager dispatch), so a sequential chain needs
-one transaction per step and no wake-up round trip.
+one transaction per step and no wake-up round trip. It also takes the first steps of runs
+started in its process, in the transaction that starts them (eager start).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Worker:
         self._unsubscribe = [
             notifier.subscribe(TASKS_TOPIC, lambda _payload: self._wake.set()),
             notifier.subscribe(CANCEL_TOPIC, self._abort_run),
+            self._engine.attach_worker(self),
         ]
         self._loops = [
             asyncio.create_task(self._claim_loop(), name=f"{self.worker_id}-claim"),
@@ -146,6 +148,26 @@ class Worker:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
+
+    # --- eager start (see `EagerTaker`) -------------------------------------------------------
+
+    def reserve(self, wanted: int) -> int:
+        """Reserves up to `wanted` free slots for steps of runs being started."""
+        if self._stopping:
+            return 0
+        reserved = max(0, min(wanted, self.config.concurrency - self._in_flight))
+        self._in_flight += reserved
+        return reserved
+
+    def take(self, assignments: list[Assignment], reserved: int) -> None:
+        """Executes steps leased to this worker when their runs started."""
+        self._in_flight -= reserved
+        if self._stopping:
+            return  # their leases run out and another worker takes them over
+        for assignment in assignments:
+            self._spawn(assignment)
+        if len(assignments) < reserved:
+            self._slot_freed.set()
 
     # --- executing ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from execution_svc.db.session import Database
-from execution_svc.domain.models import RunStatus
+from execution_svc.domain.models import RunStatus, StepStatus
 from execution_svc.domain.ports import EVENTS_TOPIC, TASKS_TOPIC, AgentEndpoint
 from execution_svc.domain.service import ExecutionEngine
 from execution_svc.domain.worker import Worker
@@ -95,6 +95,33 @@ async def test_many_runs_on_several_workers(harness: Harness) -> None:
     # At least once: a lease that ran out under load may have been executed twice, but its
     # result was recorded once (above).
     assert len(harness.agent.received("/echo")) >= 80
+
+
+async def test_a_run_started_here_hands_its_first_steps_to_a_worker_here(harness: Harness) -> None:
+    """Eager start: the transaction that starts a run leases its root steps to a worker of the
+    same process, up to that worker's free slots; the rest wait in the queue as usual."""
+    harness.register("slow", "/latency", ms=300)
+    [worker] = await harness.start_workers(1, config=replace(FAST_WORKER, concurrency=2))
+    steps = [{"id": name, "agent": "slow"} for name in ("a", "b", "c")]
+    run = await harness.run({"id": "wf_eager", "name": "eager", "version": 1, "steps": steps})
+    # Before any wake-up or claim could happen, two steps are running and leased to the worker.
+    assert sorted(step.status for step in run.steps) == [StepStatus.PENDING, StepStatus.RUNNING, StepStatus.RUNNING]
+    assert worker.in_flight == 2
+    finished = await harness.wait(run.id)
+    assert finished.status is RunStatus.SUCCEEDED
+    assert len(harness.agent.received("/latency")) == 3
+    assert worker.in_flight == 0
+
+
+async def test_a_stopping_worker_takes_nothing_at_start(harness: Harness) -> None:
+    harness.register("echo", "/echo")
+    [stopping] = await harness.start_workers(1)
+    await stopping.stop(grace=0)
+    assert stopping.reserve(5) == 0
+    run = await harness.run(chain(1, "echo"))
+    assert [step.status for step in run.steps] == [StepStatus.PENDING]
+    await harness.start_workers(1)
+    assert (await harness.wait(run.id)).status is RunStatus.SUCCEEDED
 
 
 def _asyncpg_dsn(url: str) -> str:
