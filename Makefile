@@ -26,7 +26,13 @@ run: $(STAMP) ## start auth, workflow, execution and the edge on the embedded de
 test: $(STAMP) ## run the whole suite (SQLite and PostgreSQL backends)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
-bench: $(STAMP) ## benchmark the execution engine on PostgreSQL (FLOWFORGE_BENCH_PG_ADMIN); prints one table
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## benchmark on PostgreSQL: the engine (W0-W3), the edge (W4, W5) and the peers; prints one table
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
 proto: $(STAMP) ## regenerate generated/ from proto/

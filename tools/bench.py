@@ -11,7 +11,12 @@ Workloads (issue 4, "Benchmarks"):
   W1  one run, `for_each` over 1,000 items of a `transform` step: s
   W2  1,000 runs of a 3-step `transform` chain started at once: steps/s, run latency
   W3  500 concurrent runs of one agent step at 50 ms: steps/s, agent concurrency reached
-W4 (SSE subscribers) and W5 (edge req/s) are not measured by this script.
+Peers (`tools/bench_peers.py`, run as a child process after FlowForge's workloads): the W0,
+W1 and W2 shapes on Celery with a Redis broker (non-durable) and on pgqueuer (durable jobs on
+the same PostgreSQL); each peer cell shows the peer's figure and how many times FlowForge's is
+better (x2.0: twice as fast; x0.5: half as fast). DBOS's column holds the figures published in
+issue 4 (not re-run). W4 (SSE subscribers) and W5 (edge req/s) are measured by
+`tools/bench_edge.py` on the whole stack (`--only W4,W5`).
 """
 
 from __future__ import annotations
@@ -73,6 +78,11 @@ class Row:
     value: str
     target: str = ""
     peers: tuple[str, str, str] = ("", "", "")
+    # Which peer figure (bench_peers.py's workload key) this row compares, and whether
+    # higher is better (steps/s) or lower (seconds).
+    compare: str = ""
+    higher_is_better: bool = False
+    number: float = 0.0
 
 
 @dataclass
@@ -183,7 +193,7 @@ async def w0(bench: Bench, repeats: int) -> None:
     total = statistics.median(totals)
     bench.rows += [
         Row("W0 40 sequential agent steps (10 ms)", f"total s (median of {repeats})", f"{total:.3f}", "<= 0.55",
-            ("0.60", "0.62", "0.65")),
+            ("", "", "0.65"), compare="W0", number=total),
         Row("", "per-step overhead p50 ms", f"{_pct(overheads, 50):.1f}", "<= 3"),
         Row("", "per-step overhead p99 ms", f"{_pct(overheads, 99):.1f}", "<= 10"),
     ]
@@ -210,7 +220,8 @@ async def w1(bench: Bench, repeats: int) -> None:
         totals.append(done - started)
     bench.rows.append(
         Row("W1 for_each over 1,000 transform items", f"s (median of {repeats})",
-            f"{statistics.median(totals):.3f}", "<= 0.25", ("4.4", "0.24", "4.9"))
+            f"{statistics.median(totals):.3f}", "<= 0.25", ("", "", "4.9"), compare="W1",
+            number=statistics.median(totals))
     )
 
 
@@ -232,7 +243,7 @@ async def w2(bench: Bench, runs: int) -> None:
     latencies = [end - issued[run_id] for run_id, end in zip(run_ids, done, strict=True)]
     bench.rows += [
         Row(f"W2 {runs:,} runs x 3 transform steps at once", "durable steps/s", f"{3 * runs / elapsed:,.0f}",
-            ">= 2,000", ("470", "1,900", "180")),
+            ">= 2,000", ("", "", "180"), compare="W2", higher_is_better=True, number=3 * runs / elapsed),
         Row("", "run latency p50 ms", f"{_pct(latencies, 50) * 1000:.0f}"),
         Row("", "run latency p99 ms", f"{_pct(latencies, 99) * 1000:.0f}"),
     ]
@@ -372,8 +383,46 @@ async def run_bench(args: argparse.Namespace) -> list[Row]:
         await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def render(rows: list[Row]) -> str:
-    headers = ("workload", "metric", "FlowForge", "target", "Celery+Redis*", "pgqueuer*", "DBOS*")
+def run_peers(workloads: list[str], repeats: int, runs: int) -> dict[str, Any]:
+    """tools/bench_peers.py as a child process (Celery's client blocks its thread): its JSON."""
+    command = [sys.executable, str(ROOT / "tools" / "bench_peers.py"), "--workloads", ",".join(workloads),
+               "--repeats", str(repeats), "--runs", str(runs)]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+    except (subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        print(f"peers not measured: {exc}", file=sys.stderr)
+        return {}
+
+
+def fill_peers(rows: list[Row], report: dict[str, Any]) -> list[str]:
+    """Puts each peer's figure, and FlowForge's advantage over it, into the rows it compares;
+    returns the peers' setup notes and errors."""
+    notes: list[str] = []
+    for column, peer in enumerate(("celery", "pgqueuer")):
+        measured = report.get(peer) or {}
+        for row in rows:
+            if not row.compare:
+                continue
+            value = measured.get(row.compare)
+            cells = list(row.peers)
+            if not isinstance(value, int | float) or value <= 0:
+                cells[column] = "failed" if measured else "not run"
+            else:
+                ratio = row.number / value if row.higher_is_better else value / row.number
+                figure = f"{value:,.0f}" if row.higher_is_better else f"{value:.3f}"
+                cells[column] = f"{figure} (x{ratio:.1f})"
+            row.peers = (cells[0], cells[1], cells[2])
+        if measured.get("setup"):
+            notes.append(f"{peer}: {measured['setup']}")
+        if measured.get("error"):
+            notes.append(f"{peer} errors: {measured['error']}")
+    return notes
+
+
+def render(rows: list[Row], notes: list[str]) -> str:
+    headers = ("workload", "metric", "FlowForge", "target", "Celery+Redis", "pgqueuer", "DBOS*")
     table = [headers] + [(r.workload, r.metric, r.value, r.target, *r.peers) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
 
@@ -383,9 +432,10 @@ def render(rows: list[Row]) -> str:
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(cells) for cells in table[1:]]
     out.append(
-        "* reference (from issue 4, not re-measured): Celery+Redis prefork x2, pgqueuer, DBOS on a "
-        "2-core machine with PostgreSQL 15 / Redis 7."
+        "Peer cells: the peer's figure, measured by this command on this machine, and (xN) how many times "
+        "FlowForge's is better (below 1: worse). * DBOS: the figures published in issue 4 (not re-run)."
     )
+    out += notes
     out.append(
         f"Setup: PostgreSQL backend, {WORKERS} worker x concurrency {WORKER_CONCURRENCY} (claims of {CLAIM_BATCH}), "
         f"pool {POOL_SIZE}+{POOL_SIZE}, "
@@ -400,6 +450,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W0,W2")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of W0 and W1 (median reported)")
     parser.add_argument("--runs", type=int, default=1000, help="runs of W2")
+    parser.add_argument("--no-peers", action="store_true", help="skip the peers (Celery, pgqueuer)")
     parser.add_argument("--serve-agent", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_agent:
@@ -407,7 +458,12 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rows = asyncio.run(run_bench(args))
-    print(render(rows))
+    selected = [key for key in ("W0", "W1", "W2") if not args.only or key in args.only.split(",")]
+    notes: list[str] = []
+    if selected and not args.no_peers:
+        print("running the peers (Celery+Redis, pgqueuer) ...", file=sys.stderr, flush=True)
+        notes = fill_peers(rows, run_peers(selected, args.repeats, args.runs))
+    print(render(rows, notes))
 
 
 if __name__ == "__main__":
