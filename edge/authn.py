@@ -22,6 +22,8 @@ from flowforge_common.clients import remote_token_verifier
 from flowforge_common.errors import DomainError, UnauthenticatedError
 
 AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+# The one sign-in that checks a password: also limited per email address (edge/ratelimit.py).
+LOGIN_RPC = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].methods_by_name["Login"].full_name
 # Hand-written routes anyone may call. Every other hand-written route (the SSE and WebSocket
 # relays, /api/v1/status, and whatever is added later) needs credentials: secure by default.
 PUBLIC_SYSTEM_PATHS = frozenset(
@@ -65,10 +67,13 @@ class RateClass(StrEnum):
 
 @dataclass(frozen=True)
 class RouteAccess:
-    """What the authentication and rate-limit middlewares need to know about a route."""
+    """What the authentication and rate-limit middlewares need to know about a route.
+    `password_sign_in`: the route checks an email's password, so failures are also limited per
+    email address."""
 
     access: Access
     rate_class: RateClass
+    password_sign_in: bool = False
 
 
 DEFAULT_ACCESS = RouteAccess(Access.AUTHENTICATED, RateClass.READ)
@@ -86,7 +91,8 @@ def access_of(route: AbstractRoute) -> RouteAccess:
             if binding.service.full_name == AUTH_SERVICE and binding.template.aiohttp_path().startswith(
                 AUTH_PATH_PREFIX
             ):
-                return RouteAccess(Access.PUBLIC, RateClass.AUTH)
+                login = binding.method.full_name == LOGIN_RPC
+                return RouteAccess(Access.PUBLIC, RateClass.AUTH, password_sign_in=login)
             if binding.verb == "GET":
                 return RouteAccess(Access.PUBLIC, RateClass.NONE)
             return RouteAccess(Access.PUBLIC, RateClass.PUBLIC)

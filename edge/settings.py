@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from flowforge_common.settings import CommonSettings
@@ -39,6 +39,26 @@ class EdgeSettings(CommonSettings):
     rate_limit_enabled: bool = Field(default=True, description="Whether the edge rate-limits calls at all.")
     rate_limit_auth_per_minute: int = Field(
         default=20, gt=0, description="Sign-in calls (signup, login, refresh, logout, token) per client IP."
+    )
+    rate_limit_login_failures_per_account: int = Field(
+        default=10,
+        gt=0,
+        description="Failed password sign-ins per email address (whether or not it has an account) within "
+        "`rate_limit_login_failures_window_seconds`, whatever the client IP; a sign-in that proves the password "
+        "gives its attempt back.",
+    )
+    rate_limit_login_failures_window_seconds: int = Field(
+        default=900,
+        gt=0,
+        description="Window of the per-email limit: a quiet address may spend the whole limit at once, then one "
+        "attempt per window / limit.",
+    )
+    rate_limit_key_secret: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="HMAC key that turns email addresses into rate-limit keys, so that Redis never holds an "
+        "address; the same value on every edge replica. Unset: a random key per process (per-email limits "
+        "then count per replica).",
     )
     rate_limit_public_per_minute: int = Field(
         default=300, gt=0, description="Other unauthenticated calls (signed inbound hooks) per client IP."

@@ -22,6 +22,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf.message import Message
 
 from edge import jsonmap
+from edge.authn import AUTHENTICATOR_KEY
 from edge.jsonmap import JsonValue
 from edge.middlewares import REQUEST_ID_KEY
 from edge.problems import ProblemError, bad_request, problem_from_rpc_error
@@ -268,7 +269,12 @@ class ClientTooSlowError(Exception):
 
 class WebSocketSession:
     """One `/api/v1/ws` connection: credentials, subscriptions (one upstream watch each), and
-    one bounded send queue drained by a writer task."""
+    one bounded send queue drained by a writer task.
+
+    Credentials come from the handshake headers (checked by the authentication middleware) or
+    from an `auth` message, checked here by the same authenticator before they are kept: a
+    bad token closes the socket without any service hearing of it.
+    """
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
         self.request = request
@@ -279,6 +285,9 @@ class WebSocketSession:
             name: request.headers[name] for name in ("authorization", "x-api-key") if name in request.headers
         }
         self.credentials: dict[str, str] | None = credentials or None
+        # One deadline for the whole socket, so that chatter without an auth message cannot
+        # keep an anonymous socket open.
+        self.auth_deadline = asyncio.get_running_loop().time() + self.settings.ws_auth_timeout_seconds
         self.subscriptions: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.outbox: asyncio.Queue[dict[str, JsonValue]] = asyncio.Queue(self.settings.ws_send_queue)
         self.overflowed = asyncio.Event()
@@ -300,7 +309,19 @@ class WebSocketSession:
     async def _write(self) -> None:
         while True:
             message = await self.outbox.get()
-            await self.ws.send_str(_dumps(message))
+            try:
+                await self.ws.send_str(_dumps(message))
+            finally:
+                self.outbox.task_done()
+
+    async def refuse(self, code: int, close_reason: str, detail: str, **extra: JsonValue) -> None:
+        """Sends an error message, waits (bounded) until it left, then closes with `code` and
+        the short `close_reason` (a close frame carries at most 123 bytes of it)."""
+        with contextlib.suppress(ClientTooSlowError):
+            self.error(detail, **extra)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.outbox.join(), 2)
+        await self.close(code, close_reason)
 
     # -- serving
 
@@ -329,8 +350,8 @@ class WebSocketSession:
                 transport.abort()
 
     async def _read(self) -> None:
-        while True:
-            timeout = None if self.credentials else self.settings.ws_auth_timeout_seconds
+        while not self.ws.closed:
+            timeout = None if self.credentials else max(0.0, self.auth_deadline - asyncio.get_running_loop().time())
             try:
                 message = await self.ws.receive(timeout=timeout)
             except TimeoutError:
@@ -357,7 +378,7 @@ class WebSocketSession:
             return
         action = command.get("action")
         if action == "auth":
-            self._authenticate(command)
+            await self._authenticate(command)
         elif self.credentials is None:
             self.error('authenticate first: {"action": "auth", "token": "..."}', action=action)
         elif action == "subscribe":
@@ -367,13 +388,27 @@ class WebSocketSession:
         else:
             self.error("unknown action; use auth, subscribe or unsubscribe", action=_jsonable(action))
 
-    def _authenticate(self, command: dict[str, Any]) -> None:
+    async def _authenticate(self, command: dict[str, Any]) -> None:
+        """Verifies the token as the authentication middleware verifies a header (signature,
+        issuer, audience and expiry of a JWT; an `ffk_` key through auth_svc). A refused token
+        closes the socket (4401) and the credentials it replaced are dropped; only an
+        authenticator that cannot answer (503) leaves the socket open for another try."""
         token = command.get("token")
         if not isinstance(token, str) or not token.strip():
             self.error("auth needs a `token` (an access token or an API key)", action="auth")
             return
         token = token.strip()
-        # Checked by execution_svc on each subscribe, like a header would be.
+        try:
+            await self.request.app[AUTHENTICATOR_KEY].authenticate_token(token)
+        except ProblemError as problem:
+            extra: dict[str, JsonValue] = {"action": "auth", "status": problem.status, "reason": problem.reason}
+            if problem.status != 401:
+                self.error(problem.detail, **extra)
+                return
+            self.credentials = None
+            await self.refuse(WS_CLOSE_UNAUTHENTICATED, "invalid credentials", problem.detail, **extra)
+            return
+        # Forwarded on each subscribe, where execution_svc checks them again, as for a header.
         self.credentials = {"x-api-key": token} if token.startswith("ffk_") else {"authorization": f"Bearer {token}"}
         self.send({"type": "authenticated"})
 

@@ -45,8 +45,9 @@ class AuthServiceServicer(auth_service_pb2_grpc.AuthServiceServicer):
         return pb.SignupResponse(user=user_to_proto(account.user), tenant=tenant_to_proto(account.tenant))
 
     async def Login(self, request: pb.LoginRequest, _context: Any) -> pb.LoginResponse:
-        """Exchanges an email and password for an access token and a refresh token."""
-        pair = await self._service.login(request.email, request.password)
+        """Exchanges an email and password (and a tenant id, when the email has accounts in
+        several tenants) for an access token and a refresh token."""
+        pair = await self._service.login(request.email, request.password, request.tenant_id)
         return pb.LoginResponse(**_pair_fields(pair))
 
     async def Refresh(self, request: pb.RefreshRequest, _context: Any) -> pb.RefreshResponse:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from auth_svc.domain.models import Role
@@ -36,19 +36,22 @@ class TenantRow(Base):
 
 
 class UserRow(Base):
-    """A person who signs in. `email` is unique across every tenant because it names the
-    account at login, before any tenant is known; it is stored lower-cased so that the unique
-    constraint is case-insensitive on every backend."""
+    """A person's account in one tenant. An account is named by (tenant, email): the same
+    email may have accounts in several tenants, like workspaces, so that signup never has to
+    tell whether an email is registered. `email` is stored lower-cased so that uniqueness is
+    case-insensitive on every backend; its own index serves login, which looks an email up
+    across tenants."""
 
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint(f"role IN ({', '.join(repr(role.value) for role in Role)})", name="role"),
         CheckConstraint("email = lower(email)", name="email_lower_case"),
+        UniqueConstraint("tenant_id", "email"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    email: Mapped[str] = mapped_column(String(254), unique=True)
+    email: Mapped[str] = mapped_column(String(254), index=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     display_name: Mapped[str] = mapped_column(String(100), default="")

@@ -1,7 +1,7 @@
 """Storage of tenants, users, refresh tokens, API keys, service accounts and audit entries.
 Functions take a session and never commit: the use case that calls them owns the transaction.
 Every query is scoped to a tenant, except the lookups that establish who is calling before any
-tenant is known: a user by email (login), and a credential by the hash of its secret."""
+tenant is known: the accounts of an email (login), and a credential by the hash of its secret."""
 
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ def add_tenant(session: AsyncSession, tenant: Tenant) -> None:
 
 
 async def add_user(session: AsyncSession, user: User) -> None:
-    """Inserts a new user; AlreadyExistsError when its email is taken.
+    """Inserts a new user; AlreadyExistsError when its tenant has a member with its email.
 
-    The unique constraint on `email`, not a prior lookup, decides: two signups racing for one
-    address cannot both pass. It is the only unique key a new user can collide on (ids are random).
+    The unique constraint on (tenant, email), not a prior lookup, decides: two invitations
+    racing for one address cannot both pass. It is the only unique key a new user can collide
+    on (ids are random), and a signup never does: its tenant is new.
     """
     session.add(
         UserRow(
@@ -66,8 +67,8 @@ async def add_user(session: AsyncSession, user: User) -> None:
         await session.flush()
     except IntegrityError as exc:
         raise AlreadyExistsError(
-            "an account with this email already exists",
-            [FieldViolation("email", "is already registered")],
+            "a member of this tenant already has this email",
+            [FieldViolation("email", "is already a member of this tenant")],
         ) from exc
 
 
@@ -83,14 +84,17 @@ async def get_user(session: AsyncSession, *, tenant_id: str, user_id: str) -> Us
     return None if row is None else _user(row)
 
 
-async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
-    """The user who signs in with this (normalised) email, whatever its tenant.
+async def find_users_by_email(session: AsyncSession, email: str, *, tenant_id: str | None, limit: int) -> list[User]:
+    """The accounts of this (normalised) email, oldest first: in every tenant, or in `tenant_id`
+    only (at most one there).
 
-    Only login may call this: it runs before the caller's tenant is known, and email is unique
-    across FlowForge for exactly this reason.
+    Only login may call this without a tenant: it runs before the caller's tenant is known.
     """
-    row = await session.scalar(select(UserRow).where(UserRow.email == email))
-    return None if row is None else _user(row)
+    query = select(UserRow).where(UserRow.email == email)
+    if tenant_id is not None:
+        query = query.where(UserRow.tenant_id == tenant_id)
+    rows = await session.scalars(query.order_by(UserRow.created_at, UserRow.id).limit(limit))
+    return [_user(row) for row in rows]
 
 
 async def replace_password_hash(session: AsyncSession, *, tenant_id: str, user_id: str, password_hash: str) -> None:

@@ -52,7 +52,9 @@ class MemberService:
     async def create_user(
         self, principal: Principal, email: str, password: str, role: Role | None, display_name: str
     ) -> User:
-        """Adds a member with `role` (never `owner`: ownership is handed over by UpdateUser)."""
+        """Adds a member with `role` (never `owner`: ownership is handed over by UpdateUser).
+        AlreadyExistsError when a member of this tenant has the email; accounts of the email
+        in other tenants do not matter (and are never revealed)."""
         email = normalise_email(email)
         display_name = display_name.strip()
         problems = {

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from auth_svc.db import repository
 from auth_svc.domain import audit
+from auth_svc.domain.errors import TenantRequiredError
 from auth_svc.domain.models import (
     AccessToken,
     Caller,
@@ -44,6 +45,11 @@ INVALID_REFRESH_TOKEN = "the refresh token is not valid"
 INVALID_CLIENT = "invalid client credentials"
 CLIENT_CREDENTIALS = "client_credentials"
 DEFAULT_REFRESH_TTL = dt.timedelta(days=30)
+# Accounts of one email that a login without `tenant_id` checks the password against, oldest
+# first. Signup does not prove the email, so anyone may open tenants under someone else's
+# address; the bound keeps that from making each of their logins cost hundreds of hashes (an
+# account beyond it signs in with its `tenant_id`).
+MAX_LOGIN_CANDIDATES = 20
 
 
 class _Refresh(Enum):
@@ -74,8 +80,9 @@ class AuthService:
     async def signup(self, email: str, password: str, tenant_name: str, display_name: str = "") -> NewAccount:
         """Creates a tenant and its owner in one transaction.
 
-        PermissionDeniedError when signup is disabled, ValidationError naming every bad field,
-        AlreadyExistsError when the email has an account.
+        Accounts are per tenant, so any valid email gets a new tenant and a new account: the
+        answer never tells whether the email is registered elsewhere. PermissionDeniedError
+        when signup is disabled, ValidationError naming every bad field.
         """
         if not self._allow_signup:
             raise PermissionDeniedError("signup is disabled on this FlowForge")
@@ -111,37 +118,52 @@ class AuthService:
             )
         return NewAccount(user=user, tenant=tenant)
 
-    async def login(self, email: str, password: str) -> TokenPair:
-        """An access token and a new refresh-token family for the user with this email and
-        password.
+    async def login(self, email: str, password: str, tenant_id: str = "") -> TokenPair:
+        """An access token and a new refresh-token family for the account with this email and
+        password, in `tenant_id` when given.
 
-        Unknown email, wrong password and disabled user all raise the same UnauthenticatedError,
-        after the same amount of hashing work. Failures against a real account are audited in
-        its tenant (an unknown email has no tenant to audit in).
+        The password is checked against every account of the email (in that tenant only when
+        `tenant_id` is given), and against a dummy hash when there is none, so that an unknown
+        email costs what a known one does. Unknown email, wrong password and disabled account
+        all raise the same UnauthenticatedError; failures against real accounts are audited in
+        their tenants. When the password opens active accounts in several tenants,
+        TenantRequiredError: only a caller who knows the password learns that.
         """
         if len(password) > MAX_PASSWORD_LENGTH:
             # No account can have such a password; refusing before hashing keeps huge inputs cheap.
             raise UnauthenticatedError(INVALID_CREDENTIALS)
         email = normalise_email(email)
-        user = None
-        if email_problem(email) is None:
+        tenant_id = tenant_id.strip()
+        candidates: list[User] = []
+        if email_problem(email) is None and (not tenant_id or well_formed_id(tenant_id)):
             async with self._sessions() as session:
-                user = await repository.find_user_by_email(session, email)
-        if user is None:
+                candidates = await repository.find_users_by_email(
+                    session, email, tenant_id=tenant_id or None, limit=MAX_LOGIN_CANDIDATES
+                )
+        if not candidates:
             await self._passwords.burn_verification(password)
             raise UnauthenticatedError(INVALID_CREDENTIALS)
-        if not await self._passwords.verify(user.password_hash, password) or not user.active:
+        verified = {user.id for user in candidates if await self._passwords.verify(user.password_hash, password)}
+        matches = [user for user in candidates if user.id in verified and user.active]
+        if not matches:
             async with self._sessions.begin() as session:
-                audit.record(
-                    session,
-                    tenant_id=user.tenant_id,
-                    actor=user.id,
-                    action="auth.login_failed",
-                    entity_type="user",
-                    entity_id=user.id,
-                    change={"reason": "bad_password" if user.active else "disabled"},
-                )
+                for candidate in candidates:
+                    audit.record(
+                        session,
+                        tenant_id=candidate.tenant_id,
+                        actor=candidate.id,
+                        action="auth.login_failed",
+                        entity_type="user",
+                        entity_id=candidate.id,
+                        change={"reason": "disabled" if candidate.id in verified else "bad_password"},
+                    )
             raise UnauthenticatedError(INVALID_CREDENTIALS)
+        if len(matches) > 1:
+            raise TenantRequiredError(
+                "this email and password sign in to several tenants: name one with tenant_id",
+                [FieldViolation("tenant_id", "is required: this email and password sign in to several tenants")],
+            )
+        user = matches[0]
         if self._passwords.needs_rehash(user.password_hash):
             await self._upgrade_password_hash(user, password)
         now = utcnow()

@@ -104,3 +104,20 @@ def test_autoscalers_target_existing_deployments() -> None:
     scalers = [d for d in _k8s_documents() if d["kind"] == "HorizontalPodAutoscaler"]
     assert {s["spec"]["scaleTargetRef"]["name"] for s in scalers} <= deployments
     assert any(s["spec"]["scaleTargetRef"]["name"] == "flowforge-execution" for s in scalers)
+
+
+def test_every_secret_a_deployment_reads_is_in_the_example_secret() -> None:
+    example = next(d for d in _k8s_documents() if d["kind"] == "Secret")
+    provided = set(example["stringData"])
+    wanted = {
+        variable["valueFrom"]["secretKeyRef"]["key"]
+        for d in _k8s_documents()
+        if d["kind"] == "Deployment"
+        for variable in d["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "valueFrom" in variable
+    }
+    assert wanted <= provided, f"missing from secret.example.yaml: {sorted(wanted - provided)}"
+    # Per-account login limits count across edge replicas only with one shared key.
+    edge = next(d for d in _k8s_documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "flowforge-edge")
+    names = {v["name"] for v in edge["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "FLOWFORGE_RATE_LIMIT_KEY_SECRET" in names

@@ -4,7 +4,7 @@ with canned resources, or fail with a chosen status (with rich details) on reque
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -268,6 +268,15 @@ class EchoExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         schedule.CopyFrom(request.schedule)
         schedule.id, schedule.workflow_id = "sch_1", request.workflow_id
         return execution_service_pb2.CreateScheduleResponse(schedule=schedule)
+
+    async def WatchRun(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """The run's next event, `workflow.completed`, then the end of the stream."""
+        self.recorder.record("WatchRun", request, context)
+        yield execution_service_pb2.WatchRunResponse(
+            event=execution_pb2.Event(
+                event="workflow.completed", seq=request.after_seq + 1, run_id=request.run_id, timestamp=CREATED_AT
+            )
+        )
 
     async def CreateWebhookTrigger(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.recorder.record("CreateWebhookTrigger", request, context)

@@ -170,10 +170,16 @@ async def test_failed_logins_all_look_the_same(auth: RunningService, stub: pb_gr
     }
 
 
-async def test_an_email_has_one_account_whatever_its_case(stub: pb_grpc.AuthServiceStub) -> None:
+async def test_an_email_has_one_account_per_tenant_whatever_its_case(stub: pb_grpc.AuthServiceStub) -> None:
     email = unique_email()
-    await signup(stub, email)
-    error = await rpc_error(signup(stub, email.upper(), tenant_name="Another"))
+    first = await signup(stub, email)
+    # Accounts are per tenant: a second signup is a second tenant, never a conflict.
+    second = await signup(stub, email.upper(), tenant_name="Another")
+    assert second.tenant.id != first.tenant.id and second.user.email == email
+    login = pb.LoginRequest(email=email, password=PASSWORD, tenant_id=first.tenant.id)
+    owner = bearer((await stub.Login(login)).access_token)
+    invite = pb.CreateUserRequest(email=email.upper(), password=PASSWORD, role=auth_pb2.ROLE_VIEWER)
+    error = await rpc_error(stub.CreateUser(invite, metadata=owner))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
 
 

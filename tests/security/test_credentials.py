@@ -1,18 +1,25 @@
 """OWASP API2 (broken authentication): refresh-token reuse (also when two refreshes race), a
-revoked API key refused by the edge and by every gRPC service within 5 s, and sign-in answers
-that never reveal whether an email has an account."""
+revoked API key refused by the edge and by every gRPC service within 5 s, sign-in answers
+that never reveal whether an email has an account, and WebSocket auth messages verified by the
+edge like headers."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import grpc
 
+from auth_svc.domain.tokens import load_signing_key
+from edge.streams import WS_CLOSE_UNAUTHENTICATED
 from flowforge.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
 from flowforge.execution.v1 import execution_service_pb2, execution_service_pb2_grpc
 from flowforge.workflow.v1 import agent_service_pb2, agent_service_pb2_grpc
+from flowforge_common.auth import ALL_SCOPES
+from tests.fixtures.databases import DatabaseTarget
 from tests.fixtures.stack import PASSWORD, Stack
 
 
@@ -105,3 +112,42 @@ async def test_sign_in_answers_do_not_reveal_accounts(stack: Stack) -> None:
         json={"grant_type": "client_credentials", "client_id": "ffc_nobody", "client_secret": "ffs_nothing"},
     )
     assert bad_client.status == 401
+
+
+async def test_websocket_auth_messages_are_verified_by_the_edge(stack: Stack, database: DatabaseTarget) -> None:
+    member = await stack.member()
+    created = await (await stack.client.post("/api/v1/api-keys", json={"name": "ws"}, headers=member.headers)).json()
+
+    async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, object]:
+        message = await ws.receive(timeout=10)
+        assert message.type == aiohttp.WSMsgType.TEXT, message
+        document: dict[str, object] = json.loads(message.data)
+        return document
+
+    ws = await stack.client.ws_connect("/api/v1/ws")
+    await ws.send_json({"action": "auth", "token": created["key"]})
+    assert await receive(ws) == {"type": "authenticated"}
+    await ws.send_json({"action": "subscribe", "workflow_id": "wf_anything"})
+    assert await receive(ws) == {"type": "subscribed", "subscription": {"workflow_id": "wf_anything"}}
+    await ws.close()
+
+    # Signed by auth_svc's own key, for the member, but expired: the signature alone is not enough.
+    now = int(time.time())
+    expired = load_signing_key(None, database.data_dir).sign(
+        {
+            "iss": "flowforge",
+            "aud": "flowforge-api",
+            "sub": member.user_id,
+            "tid": member.tenant_id,
+            "scope": " ".join(ALL_SCOPES),
+            "iat": now - 7200,
+            "exp": now - 3600,
+        }
+    )
+    for token in (expired, "ffk_" + "z" * 43, member.token[:-4] + "AAAA"):
+        ws = await stack.client.ws_connect("/api/v1/ws")
+        await ws.send_json({"action": "auth", "token": token})
+        error = await receive(ws)
+        assert (error["type"], error["status"], error["action"]) == ("error", 401, "auth")
+        closing = await ws.receive(timeout=10)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == WS_CLOSE_UNAUTHENTICATED

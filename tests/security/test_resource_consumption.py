@@ -1,6 +1,7 @@
 """OWASP API4 (unrestricted resource consumption): page sizes are capped on every list route
 (generated from the route table), bodies and headers have size limits, and sign-in is
-rate-limited per client IP (brute force gets 429 + Retry-After)."""
+rate-limited per client IP (brute force gets 429 + Retry-After; the per-email limit is in
+test_login_throttling.py)."""
 
 from __future__ import annotations
 
@@ -51,14 +52,16 @@ async def test_bodies_and_headers_have_limits(stack: Stack) -> None:
 async def test_login_brute_force_is_rate_limited_per_ip(stack: Stack) -> None:
     member = await stack.member()  # one signup and one login spent already
     statuses = []
-    for _ in range(25):
+    for attempt in range(25):
+        # Another address each time, so that only the per-IP limit can refuse.
         response = await stack.client.post(
-            "/api/v1/auth/login", json={"email": member.email, "password": "not-the-password"}
+            "/api/v1/auth/login", json={"email": f"guess-{attempt}@example.com", "password": "not-the-password"}
         )
         statuses.append(response.status)
         if response.status == 429:
             assert int(response.headers["Retry-After"]) >= 1
             assert response.headers["RateLimit-Remaining"] == "0"
+            assert "per minute" in (await response.json())["detail"]
             break
     assert statuses[0] == 401
     assert statuses[-1] == 429

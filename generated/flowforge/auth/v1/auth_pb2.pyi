@@ -97,7 +97,9 @@ Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
-    """A person who signs in with an email and a password."""
+    """A person's account in one tenant: signs in with an email and a password. The same email may
+    have accounts in several tenants.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -113,7 +115,7 @@ class User(_message.Message):
     id: _builtins.str
     """Opaque user id."""
     email: _builtins.str
-    """Sign-in email, unique across FlowForge, stored lower-cased."""
+    """Sign-in email, unique within the tenant, stored lower-cased."""
     display_name: _builtins.str
     """Optional display name."""
     role: Global___Role.ValueType

@@ -32,7 +32,7 @@ class SignupRequest(_message.Message):
     TENANT_NAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     email: _builtins.str
-    """Sign-in email of the first user."""
+    """Sign-in email of the first user (it may have accounts in other tenants too)."""
     password: _builtins.str
     """Password, at least 12 characters."""
     tenant_name: _builtins.str
@@ -93,19 +93,25 @@ class LoginRequest(_message.Message):
 
     EMAIL_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """Sign-in email."""
     password: _builtins.str
     """Password."""
+    tenant_id: _builtins.str
+    """Tenant of the account to sign in to. Needed only when the email and password open
+    accounts in several tenants (the login then answers 409 `tenant_required`).
+    """
     def __init__(
         self,
         *,
         email: _builtins.str = ...,
         password: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "password", b"password", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -724,7 +730,7 @@ class CreateUserRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     email: _builtins.str
-    """Sign-in email of the new member."""
+    """Sign-in email of the new member; unique within the tenant (409 when a member has it)."""
     password: _builtins.str
     """Initial password, at least 12 characters."""
     role: _auth_pb2.Role.ValueType

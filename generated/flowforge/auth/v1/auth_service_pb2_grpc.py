@@ -141,14 +141,18 @@ class AuthServiceServicer:
     """
 
     def Signup(self, request, context):
-        """Creates a tenant and its first user, who becomes the tenant's owner.
+        """Creates a tenant and its first user, who becomes the tenant's owner. Accounts are per
+        tenant: any valid email gets a new tenant, so the answer never tells whether the email
+        already has accounts elsewhere.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Login(self, request, context):
-        """Exchanges an email and password for an access token (and a refresh token).
+        """Exchanges an email and password for an access token (and a refresh token). An unknown
+        email and a wrong password get the same 401. When the password opens accounts in several
+        tenants, 409 `tenant_required`: send the `tenant_id` of the one to sign in to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

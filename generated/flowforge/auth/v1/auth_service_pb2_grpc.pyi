@@ -37,9 +37,15 @@ class AuthServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthServiceAsyncStub: ...
     Signup: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.SignupRequest, _auth_service_pb2.SignupResponse]
-    """Creates a tenant and its first user, who becomes the tenant's owner."""
+    """Creates a tenant and its first user, who becomes the tenant's owner. Accounts are per
+    tenant: any valid email gets a new tenant, so the answer never tells whether the email
+    already has accounts elsewhere.
+    """
     Login: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.LoginRequest, _auth_service_pb2.LoginResponse]
-    """Exchanges an email and password for an access token (and a refresh token)."""
+    """Exchanges an email and password for an access token (and a refresh token). An unknown
+    email and a wrong password get the same 401. When the password opens accounts in several
+    tenants, 409 `tenant_required`: send the `tenant_id` of the one to sign in to.
+    """
     Refresh: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshRequest, _auth_service_pb2.RefreshResponse]
     """Exchanges a refresh token for a new pair. Refresh tokens rotate; presenting a used one
     revokes its whole family.
@@ -86,9 +92,15 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Signup: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.SignupRequest, _auth_service_pb2.SignupResponse]  # type: ignore[assignment]
-    """Creates a tenant and its first user, who becomes the tenant's owner."""
+    """Creates a tenant and its first user, who becomes the tenant's owner. Accounts are per
+    tenant: any valid email gets a new tenant, so the answer never tells whether the email
+    already has accounts elsewhere.
+    """
     Login: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.LoginRequest, _auth_service_pb2.LoginResponse]  # type: ignore[assignment]
-    """Exchanges an email and password for an access token (and a refresh token)."""
+    """Exchanges an email and password for an access token (and a refresh token). An unknown
+    email and a wrong password get the same 401. When the password opens accounts in several
+    tenants, 409 `tenant_required`: send the `tenant_id` of the one to sign in to.
+    """
     Refresh: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RefreshRequest, _auth_service_pb2.RefreshResponse]  # type: ignore[assignment]
     """Exchanges a refresh token for a new pair. Refresh tokens rotate; presenting a used one
     revokes its whole family.
@@ -138,7 +150,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.SignupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.SignupResponse, _abc.Awaitable[_auth_service_pb2.SignupResponse]]:
-        """Creates a tenant and its first user, who becomes the tenant's owner."""
+        """Creates a tenant and its first user, who becomes the tenant's owner. Accounts are per
+        tenant: any valid email gets a new tenant, so the answer never tells whether the email
+        already has accounts elsewhere.
+        """
 
     @_abc_1.abstractmethod
     def Login(
@@ -146,7 +161,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.LoginRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.LoginResponse, _abc.Awaitable[_auth_service_pb2.LoginResponse]]:
-        """Exchanges an email and password for an access token (and a refresh token)."""
+        """Exchanges an email and password for an access token (and a refresh token). An unknown
+        email and a wrong password get the same 401. When the password opens accounts in several
+        tenants, 409 `tenant_required`: send the `tenant_id` of the one to sign in to.
+        """
 
     @_abc_1.abstractmethod
     def Refresh(
