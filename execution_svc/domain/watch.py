@@ -9,6 +9,11 @@ Each watcher owns a bounded buffer filled by a pump task. Notifications only set
 the engine never waits for a watcher, and a watcher that stops reading only stalls its own
 pump. A buffer that stays full for `stall_seconds` ends the watcher with RESOURCE_EXHAUSTED
 (after the events already buffered), naming the cursor to resume from.
+
+Thousands of watchers cost little more than their runs: one subscription serves them all and
+wakes only the watchers of the run (or tenant) a notification names, and the WatchRun watchers
+of one run share a feed: one read of the log per change (and per fallback poll), whatever the
+number of watchers, with the run's recent events kept in memory for them to take from.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -85,17 +91,27 @@ class WatcherTooSlowError(ResourceExhaustedError):
 
 
 class _Wake:
-    """A flag set by event notifications that `accepts` (tenant id, run id)."""
+    """A flag set by the notifications a watcher is registered for (see `_Wakes`)."""
 
-    def __init__(self, notifier: Notifier, accepts: Callable[[str, str], bool]) -> None:
+    def __init__(self, hub: _Wakes) -> None:
         self._flag = asyncio.Event()
-        self._accepts = accepts
-        self._unsubscribe: Callable[[], None] | None = notifier.subscribe(EVENTS_TOPIC, self._on_message)
+        self._hub = hub
+        self._keys: list[tuple[str, str]] = []
 
-    def _on_message(self, payload: str) -> None:
-        parts = payload.split(" ")
-        if len(parts) == 3 and self._accepts(parts[0], parts[1]):
-            self._flag.set()
+    def set(self) -> None:
+        self._flag.set()
+
+    def listen(self, kind: str, key: str) -> None:
+        """Wakes on notifications of run `key` (kind "run"), tenant `key` ("tenant"), or any
+        ("any", key "")."""
+        self._hub.add(kind, key, self)
+        self._keys.append((kind, key))
+
+    def mute(self, kind: str, key: str) -> None:
+        """Undoes one `listen`."""
+        if (kind, key) in self._keys:
+            self._keys.remove((kind, key))
+            self._hub.discard(kind, key, self)
 
     def clear(self) -> None:
         """Forget earlier wake-ups (call before a read: later ones then cause another read)."""
@@ -107,10 +123,115 @@ class _Wake:
             await asyncio.wait_for(self._flag.wait(), seconds)
 
     def close(self) -> None:
-        """Unsubscribes (idempotent)."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        """Stops every wake-up (idempotent)."""
+        for kind, key in self._keys:
+            self._hub.discard(kind, key, self)
+        self._keys.clear()
+
+
+class _Wakes:
+    """The one EVENTS_TOPIC subscription of all watchers: a notification `<tenant> <run> <seq>`
+    marks that run's feed stale and wakes the watchers registered for the run, for the tenant,
+    or for any change; `WAKE_ALL_WATCHERS` wakes everyone. Cost per notification: the watchers
+    it concerns, not all of them."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._index: dict[tuple[str, str], set[_Wake]] = {}
+        self.feeds: dict[tuple[str, str], _RunFeed] = {}
+        notifier.subscribe(EVENTS_TOPIC, self._on_message)
+
+    def add(self, kind: str, key: str, wake: _Wake) -> None:
+        self._index.setdefault((kind, key), set()).add(wake)
+
+    def discard(self, kind: str, key: str, wake: _Wake) -> None:
+        wakes = self._index.get((kind, key))
+        if wakes is not None:
+            wakes.discard(wake)
+            if not wakes:
+                del self._index[(kind, key)]
+
+    def _on_message(self, payload: str) -> None:
+        parts = payload.split(" ")
+        if len(parts) != 3:
+            return
+        tenant_id, run_id = parts[0], parts[1]
+        if tenant_id == "*":
+            for each in self.feeds.values():
+                each.stale = True
+            for wakes in list(self._index.values()):
+                for wake in wakes:
+                    wake.set()
+            return
+        feed = self.feeds.get((tenant_id, run_id))
+        if feed is not None:
+            feed.stale = True
+        for key in (("run", run_id), ("tenant", tenant_id), ("any", "")):
+            for wake in self._index.get(key, ()):
+                wake.set()
+
+
+class _RunFeed:
+    """A run's recent events, read once for all its WatchRun watchers in this process.
+
+    `events` holds the events after `read_to - len(events)` up to `read_to`, contiguous by
+    seq. A watcher whose cursor is inside that window takes from memory; one further behind
+    reads the log itself. The feed reads again (one read, shared by every watcher asking at
+    that moment) when a notification marked it stale or its last read is older than the
+    fallback poll period."""
+
+    def __init__(self, database: Database, tenant_id: str, run_id: str, *, keep: int, batch_size: int) -> None:
+        self._db = database
+        self.tenant_id = tenant_id
+        self.run_id = run_id
+        self._keep = keep
+        self._batch_size = batch_size
+        self.events: list[EventRecord] = []
+        self.read_to: int | None = None
+        self.finished = False
+        self.last_seq = 0
+        self.stale = True
+        self.users = 0
+        self._read_at = -math.inf
+        self._reading: asyncio.Task[None] | None = None
+
+    async def after(self, cursor: int, *, max_age: float) -> tuple[list[EventRecord], bool] | None:
+        """Up to a batch of events after `cursor` and whether the run is finished with its
+        last event among them; None when `cursor` is behind the window (read the log)."""
+        loop = asyncio.get_running_loop()
+        if self.stale or self.read_to is None or loop.time() - self._read_at >= max_age:
+            if self._reading is None or self._reading.done():
+                self._reading = asyncio.create_task(self._read(cursor), name="run-feed-read")
+            await asyncio.shield(self._reading)
+        assert self.read_to is not None
+        first = self.read_to - len(self.events)
+        if cursor < first:
+            return None
+        batch = self.events[cursor - first : cursor - first + self._batch_size]
+        end = batch[-1].seq if batch else cursor
+        return batch, self.finished and end >= self.last_seq
+
+    async def _read(self, cursor: int) -> None:
+        self.stale = False
+        if self.read_to is None:
+            self.read_to = cursor
+        # The run first, its events second: on PostgreSQL's READ COMMITTED the events read
+        # then include everything up to the run's `last_seq`.
+        async with self._db.read() as session:
+            run = await repo.get_run(session, self.tenant_id, self.run_id)
+            if run is None:
+                raise NotFoundError(f"run {self.run_id} not found")
+            batch = await repo.list_events(
+                session, self.tenant_id, self.run_id, after_seq=self.read_to, limit=self._batch_size
+            )
+        self._read_at = asyncio.get_running_loop().time()
+        self.finished = run.status.finished
+        self.last_seq = run.last_seq
+        if batch:
+            self.events.extend(batch)
+            self.read_to = batch[-1].seq
+            del self.events[: max(0, len(self.events) - self._keep)]
+        if len(batch) == self._batch_size:
+            self.stale = True  # more to read
 
 
 class EventStream(Generic[T]):
@@ -237,7 +358,7 @@ class EventWatcher:
         self, database: Database, notifier: Notifier, config: WatchConfig | None = None, *, clock: Clock = utcnow
     ) -> None:
         self._db = database
-        self._notifier = notifier
+        self._wakes = _Wakes(notifier)
         self.config = config or WatchConfig()
         self._clock = clock
 
@@ -245,18 +366,33 @@ class EventWatcher:
         """A run's events after `after_seq`, then live ones, in seq order; ends after the
         terminal event that is the run's latest. NotFoundError (before any event) for a run
         the tenant does not have."""
-        wake = _Wake(self._notifier, lambda _tenant, run: run in (run_id, "*"))
+        wake = _Wake(self._wakes)
+        wake.listen("run", run_id)
         try:
             await self._require_run(tenant_id, run_id)
         except BaseException:
             wake.close()
             raise
+        feed = self._wakes.feeds.get((tenant_id, run_id))
+        if feed is None:
+            feed = _RunFeed(
+                self._db, tenant_id, run_id, keep=2 * self.config.batch_size, batch_size=self.config.batch_size
+            )
+            self._wakes.feeds[(tenant_id, run_id)] = feed
+        feed.users += 1
+
+        def close() -> None:
+            wake.close()
+            feed.users -= 1
+            if feed.users == 0 and self._wakes.feeds.get((tenant_id, run_id)) is feed:
+                del self._wakes.feeds[(tenant_id, run_id)]
+
         return EventStream(
-            self._run_events(wake, tenant_id, run_id, max(after_seq, 0)),
+            self._run_events(wake, feed, max(after_seq, 0)),
             cursor_of=lambda event: event.seq,
             cursor=max(after_seq, 0),
             config=self.config,
-            on_close=wake.close,
+            on_close=close,
             cursor_name="after_seq",
         )
 
@@ -266,7 +402,8 @@ class EventWatcher:
         """The tenant's events matching `filters`, in log order: after `after_cursor`, or live
         from now when it is 0. NotFoundError for a `run_id` filter naming an unknown run."""
         state = _GapState()
-        wake = _Wake(self._notifier, lambda tenant, _run: tenant in (tenant_id, "*") or state.waiting)
+        wake = _Wake(self._wakes)
+        wake.listen("tenant", tenant_id)
         try:
             if filters.run_id:
                 await self._require_run(tenant_id, filters.run_id)
@@ -288,27 +425,33 @@ class EventWatcher:
             if await repo.get_run(session, tenant_id, run_id) is None:
                 raise NotFoundError(f"run {run_id} not found")
 
-    async def _run_events(
-        self, wake: _Wake, tenant_id: str, run_id: str, cursor: int
-    ) -> AsyncGenerator[EventRecord, None]:
+    async def _run_events(self, wake: _Wake, feed: _RunFeed, cursor: int) -> AsyncGenerator[EventRecord, None]:
         size = self.config.batch_size
         while True:
             wake.clear()
-            # The run first, its events second: on PostgreSQL's READ COMMITTED the events read
-            # then include everything up to the run's `last_seq`.
-            async with self._db.read() as session:
-                run = await repo.get_run(session, tenant_id, run_id)
-                if run is None:
-                    raise NotFoundError(f"run {run_id} not found")
-                batch = await repo.list_events(session, tenant_id, run_id, after_seq=cursor, limit=size)
-            # Yielded outside the session: a stalled consumer must not hold a pooled connection.
+            taken = await feed.after(cursor, max_age=self.config.poll_seconds)
+            if taken is None:
+                # Behind the feed's window: history straight from the log.
+                async with self._db.read() as session:
+                    history = await repo.list_events(
+                        session, feed.tenant_id, feed.run_id, after_seq=cursor, limit=size
+                    )
+                # Yielded outside the session: a stalled consumer must not hold a pooled connection.
+                for event in history:
+                    yield event
+                    cursor = event.seq
+                if history:
+                    continue
+                await wake.wait(self.config.poll_seconds)  # purged under the cursor: wait for news
+                continue
+            batch, finished = taken
             for event in batch:
                 yield event
                 cursor = event.seq
-            if len(batch) == size:
-                continue
-            if run.status.finished and cursor >= run.last_seq:
+            if finished:
                 return
+            if batch:
+                continue  # the feed may hold more, or be stale again by now
             await wake.wait(self.config.poll_seconds)
 
     async def _live_start(self) -> int:
@@ -349,7 +492,12 @@ class EventWatcher:
             if len(marks) == size and marks and horizon == marks[-1][0]:
                 continue
             # While a hole holds the stream back, any tenant's commit may fill it.
-            state.waiting = hole_expires_in is not None
+            waiting = hole_expires_in is not None
+            if waiting and not state.waiting:
+                wake.listen("any", "")
+            elif state.waiting and not waiting:
+                wake.mute("any", "")
+            state.waiting = waiting
             timeout = self.config.poll_seconds
             if hole_expires_in is not None:
                 timeout = min(timeout, max(hole_expires_in, 0.01))
