@@ -365,10 +365,6 @@ async def run_bench(args: argparse.Namespace) -> list[Row]:
                     print(f"running {key} ...", file=sys.stderr, flush=True)
                     await step()
                     await asyncio.sleep(0.5)  # let the tail (notifications, reaper) settle
-            bench.rows += [
-                Row("W4 2,000 SSE subscribers", "commit-to-client p50/p99", "not measured", "<= 10 / 50 ms"),
-                Row("W5 edge start/read runs", "req/s at p99", "not measured", "500 / 2,000"),
-            ]
             return bench.rows
         finally:
             for worker in workers:
@@ -381,6 +377,47 @@ async def run_bench(args: argparse.Namespace) -> list[Row]:
         agent_process.terminate()
         agent_process.wait(10)
         await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_edge(parts: list[str], subscribers: int) -> list[Row]:
+    """tools/bench_edge.py (the whole stack: four processes, SSE and HTTP clients in child
+    processes) for W4 and W5: its rows."""
+    command = [sys.executable, str(ROOT / "tools" / "bench_edge.py"), "--only", ",".join(parts),
+               "--subscribers", str(subscribers), "--search"]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+        report: dict[str, Any] = json.loads(done.stdout)
+    except (subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        print(f"W4/W5 not measured: {exc}", file=sys.stderr)
+        return [Row("W4/W5", "not measured", str(exc)[:60])]
+
+    def ms(value: Any) -> str:
+        return f"{value:.1f}" if isinstance(value, int | float) else f"failed: {value!r}"
+
+    rows: list[Row] = []
+    if "W4" in parts:
+        w4 = report.get("W4") or {}
+        detail = w4.get("detail") or {}
+        rows += [
+            Row(f"W4 {w4.get('subscribers', subscribers):,} SSE subscribers, {detail.get('runs', '?')} live runs",
+                "commit-to-client p50 ms", ms(w4.get("p50_ms")), "<= 10"),
+            Row("", "commit-to-client p99 ms", ms(w4.get("p99_ms")), "<= 50"),
+            Row("", "events delivered (missing, gaps)",
+                f"{w4.get('events')} ({detail.get('events_missing_at_end')}, {detail.get('seq_gaps')})"),
+            Row("", "edge KiB per connection", ms(w4.get("edge_kib_per_conn"))),
+        ]
+    if "W5" in parts:
+        w5 = report.get("W5") or {}
+        for key, label, slo in (("start", "start runs (POST execute)", 30), ("read", "read runs (GET run)", 20)):
+            part = w5.get(key) or {}
+            within = (part.get("detail") or {}).get("within_slo") or {}
+            rate = f"{part.get('target_rps', 0):,.0f} req/s (achieved {part.get('achieved_rps')})"
+            rows += [
+                Row(f"W5 {label}", f"p99 ms at {rate}", ms(part.get("p99_ms")), f"<= {slo}"),
+                Row("", f"highest req/s with p99 <= {slo} ms", f"{within.get('rps', 'n/a')}",
+                    f"{part.get('target_rps', 0):,.0f}"),
+            ]
+    return rows
 
 
 def run_peers(workloads: list[str], repeats: int, runs: int) -> dict[str, Any]:
@@ -451,14 +488,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of W0 and W1 (median reported)")
     parser.add_argument("--runs", type=int, default=1000, help="runs of W2")
     parser.add_argument("--no-peers", action="store_true", help="skip the peers (Celery, pgqueuer)")
+    parser.add_argument("--subscribers", type=int, default=2000, help="W4 SSE subscribers")
     parser.add_argument("--serve-agent", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_agent:
         serve_agent(args.serve_agent)
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rows = asyncio.run(run_bench(args))
-    selected = [key for key in ("W0", "W1", "W2") if not args.only or key in args.only.split(",")]
+    wanted = set(args.only.split(",")) if args.only else {"W0", "W1", "W2", "W3", "W4", "W5"}
+    rows = asyncio.run(run_bench(args)) if wanted & {"W0", "W1", "W2", "W3"} else []
+    edge_parts = sorted(wanted & {"W4", "W5"})
+    if edge_parts:
+        print(f"running {', '.join(edge_parts)} on the whole stack ...", file=sys.stderr, flush=True)
+        rows += run_edge(edge_parts, args.subscribers)
+    selected = [key for key in ("W0", "W1", "W2") if key in wanted]
     notes: list[str] = []
     if selected and not args.no_peers:
         print("running the peers (Celery+Redis, pgqueuer) ...", file=sys.stderr, flush=True)
