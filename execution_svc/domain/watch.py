@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import random
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -420,6 +421,11 @@ class EventWatcher:
             cursor_name="after_cursor",
         )
 
+    def _poll_timeout(self) -> float:
+        """The fallback poll period, jittered by +-25%: watchers opened together (a page of
+        subscribers, a reconnect storm) must not all read the log in the same instant."""
+        return self.config.poll_seconds * random.uniform(0.75, 1.25)
+
     async def _require_run(self, tenant_id: str, run_id: str) -> None:
         async with self._db.read() as session:
             if await repo.get_run(session, tenant_id, run_id) is None:
@@ -442,7 +448,7 @@ class EventWatcher:
                     cursor = event.seq
                 if history:
                     continue
-                await wake.wait(self.config.poll_seconds)  # purged under the cursor: wait for news
+                await wake.wait(self._poll_timeout())  # purged under the cursor: wait for news
                 continue
             batch, finished = taken
             for event in batch:
@@ -452,7 +458,7 @@ class EventWatcher:
                 return
             if batch:
                 continue  # the feed may hold more, or be stale again by now
-            await wake.wait(self.config.poll_seconds)
+            await wake.wait(self._poll_timeout())
 
     async def _live_start(self) -> int:
         """Where a live-only stream starts: just before the first young hole among the latest
@@ -498,7 +504,7 @@ class EventWatcher:
             elif state.waiting and not waiting:
                 wake.mute("any", "")
             state.waiting = waiting
-            timeout = self.config.poll_seconds
+            timeout = self._poll_timeout()
             if hole_expires_in is not None:
                 timeout = min(timeout, max(hole_expires_in, 0.01))
             await wake.wait(timeout)
