@@ -93,8 +93,14 @@ class HttpStepExecutor:
             resolver = None if self._network is None else PolicyResolver(self._network, self._resolver)
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60, resolver=resolver)
             # Deadlines are enforced per attempt below, not by aiohttp's defaults.
+            # One session serves every tenant: it must keep no cookies (one agent's session
+            # cookie would be sent to another tenant's agent on the same host).
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None), raise_for_status=False
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                raise_for_status=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
             )
 
     async def close(self) -> None:
@@ -251,18 +257,31 @@ class HttpStepExecutor:
     ) -> StepResult:
         if not raw.strip():
             return StepSucceeded(None)
+        code = "AGENT_BAD_RESPONSE" if unwrap else "HTTP_BAD_RESPONSE"
         try:
             output = json.loads(raw)
+        except RecursionError:
+            return StepFailed(
+                RunError(code, f"{who} answered JSON nested too deeply to read"), retryable=False, defaults=defaults
+            )
         except ValueError:
             if unwrap:
                 return StepFailed(
-                    RunError("AGENT_BAD_RESPONSE", f"{who} answered HTTP {response.status} with non-JSON"),
+                    RunError(code, f"{who} answered HTTP {response.status} with non-JSON"),
                     retryable=False,
                     defaults=defaults,
                 )
-            return StepSucceeded(raw.decode("utf-8", "replace"))
+            output = raw.decode("utf-8", "replace")
         if unwrap and isinstance(output, dict) and "output" in output:
             output = output["output"]
+        problem = unstorable(output)
+        if problem is not None:
+            # Stored as it is, such an output would fail the step's commit again and again.
+            return StepFailed(
+                RunError(code, f"{who} answered an output that cannot be stored: {problem}"),
+                retryable=False,
+                defaults=defaults,
+            )
         return StepSucceeded(output)
 
     @staticmethod
@@ -281,6 +300,35 @@ class HttpStepExecutor:
                     break
                 raise OutputTooLargeError
         return b"".join(chunks)[:limit] if truncate else b"".join(chunks)
+
+
+def unstorable(value: Any) -> str | None:
+    """Why a JSON value cannot be stored and served by every backend, or None: NaN and
+    Infinity (not JSON, though Python reads them), NUL characters (PostgreSQL's jsonb refuses
+    them) and unpaired surrogates (not Unicode text)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            pending_text = [item]
+        elif isinstance(item, dict):
+            pending_text = [key for key in item if isinstance(key, str)]
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+            continue
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "NaN or Infinity is not JSON"
+        else:
+            continue
+        for text in pending_text:
+            if "\x00" in text:
+                return "a NUL character (\\u0000) in a string"
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return "an unpaired surrogate (not Unicode text) in a string"
+    return None
 
 
 def _refused_by_policy(who: str, error: NetworkPolicyError) -> StepFailed:
