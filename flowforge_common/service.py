@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flowforge_common.grpc_server import GrpcServer, wait_for_termination
+from flowforge_common.runtime import tune_gc
 from flowforge_common.settings import ServiceSettings
 from flowforge_common.telemetry import setup_logging, setup_tracing
 
@@ -58,6 +59,7 @@ def run(create: Callable[[S], Awaitable[RunningService]], settings: S) -> None:
 
     async def main() -> None:
         service = await create(settings)
+        tune_gc(settings.gc_threshold)
         logger.info("%s ready on %s:%s", settings.service_name, settings.host, service.port)
         await wait_for_termination()
         logger.info("%s shutting down", settings.service_name)

@@ -25,6 +25,14 @@ class CommonSettings(BaseSettings):
     workflow_target: str = Field(default="127.0.0.1:50052", description="host:port of workflow_svc.")
     execution_target: str = Field(default="127.0.0.1:50053", description="host:port of execution_svc.")
     shutdown_grace_seconds: float = 10.0
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description=(
+            "Allocations between young-generation garbage collections (CPython's default is 700); the "
+            "objects alive after start are frozen out of collections. 0 keeps CPython's defaults."
+        ),
+    )
     internal_token: SecretStr | None = Field(
         default=None,
         min_length=32,

@@ -54,8 +54,10 @@ from execution_svc.executors.guard import AgentGuard, GuardConfig  # noqa: E402
 from execution_svc.executors.http import HttpStepExecutor  # noqa: E402
 from execution_svc.notify import PostgresNotifier  # noqa: E402
 from execution_svc.server import MIGRATIONS  # noqa: E402
+from execution_svc.settings import ExecutionSettings  # noqa: E402
 from flowforge_common import db  # noqa: E402
 from flowforge_common.orm import utcnow  # noqa: E402
+from flowforge_common.runtime import tune_gc  # noqa: E402
 
 ADMIN_DSN = os.environ.get("FLOWFORGE_BENCH_PG_ADMIN", "postgresql://127.0.0.1:5432/postgres")
 TENANT = "ten_bench"
@@ -345,6 +347,7 @@ async def run_bench(args: argparse.Namespace) -> list[Row]:
         ]
         for worker in workers:
             await worker.start()
+        tune_gc(ExecutionSettings().gc_threshold)  # as `python -m execution_svc` does once started
         bench = Bench(execution, agent_url, dsn, directory)
         notifier.subscribe(EVENTS_TOPIC, bench.on_event)
         try:
