@@ -371,7 +371,7 @@ class _OperationBuilder:
         if body is not None:
             operation["requestBody"] = body
         operation["responses"] = self.responses(binding)
-        operation["security"] = [] if binding.public else [{"bearerAuth": []}, {"apiKeyAuth": []}]
+        operation["security"] = [] if binding.public else _SIGNED_IN
         return operation
 
 
@@ -424,6 +424,114 @@ def _system_paths() -> Schema:
             },
         ),
         "/metrics": get("Prometheus metrics of the edge.", {"200": {"description": "Text exposition format."}}),
+        "/api/v1/status": {
+            "get": {
+                "tags": ["System"],
+                "summary": "Health of every backend service, for dashboards (always 200, unlike readiness).",
+                "security": _SIGNED_IN,
+                "responses": {
+                    "200": {
+                        "description": "`ok`, or `degraded` with the services that are not serving.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "status": {"type": "string", "enum": ["ok", "degraded"]},
+                                        "services": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                },
+            }
+        },
+    }
+
+
+_SIGNED_IN: list[Schema] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+
+# Streams: documented for their parameters and errors; `x-streaming` marks them for tools that
+# expect one response body per request (a fuzzer would wait on them forever).
+_RESUME_PARAMETERS: list[Schema] = [
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "description": "Resume exactly after this event id (as sent in `id:`).",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "Resume after this event id when the client cannot send headers.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+]
+
+
+def _stream_paths() -> Schema:
+    sse = {
+        "200": {
+            "description": "`text/event-stream`: `id: <cursor>`, `event: <type>`, `data: <event envelope>`; "
+            "a comment heartbeat every 15 s.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        "400": {"$ref": "#/components/responses/BadRequest"},
+        "401": {"$ref": "#/components/responses/Unauthorized"},
+        "404": {"$ref": "#/components/responses/NotFound"},
+    }
+
+    def stream(summary: str, parameters: list[Schema], responses: Schema, tags: list[str]) -> Schema:
+        return {
+            "get": {
+                "tags": tags,
+                "summary": summary,
+                "parameters": parameters,
+                "security": _SIGNED_IN,
+                "responses": responses,
+                "x-streaming": True,
+            }
+        }
+
+    run_id: Schema = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    filters: list[Schema] = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+        for name, text in (
+            ("workflow_id", "Only events of runs of this workflow."),
+            ("run_id", "Only events of this run."),
+            ("types", "Comma-separated event types."),
+        )
+    ]
+    return {
+        "/api/v1/runs/{id}/events": stream(
+            "Server-Sent Events of one run (WatchRun): history after the resume point, then live; the "
+            "stream ends after the run's terminal event.",
+            [run_id, *_RESUME_PARAMETERS],
+            sse,
+            ["Events"],
+        ),
+        "/api/v1/events": stream(
+            "Server-Sent Events of every event the caller may see (WatchEvents), filtered; `id:` is the "
+            "log cursor.",
+            [*filters, *_RESUME_PARAMETERS],
+            sse,
+            ["Events"],
+        ),
+        "/api/v1/ws": stream(
+            "WebSocket: subscribe/unsubscribe to runs, workflows or agents; auth by header or by a first "
+            '`{"action": "auth", "token": ...}` message. See API.md "Events".',
+            [],
+            {
+                "101": {"description": "Switching protocols to WebSocket."},
+                "400": {"$ref": "#/components/responses/BadRequest"},
+                "401": {"$ref": "#/components/responses/Unauthorized"},
+            },
+            ["Events"],
+        ),
     }
 
 
@@ -451,6 +559,7 @@ def build_openapi(bindings: Sequence[HttpBinding], comments: Mapping[str, str]) 
             binding, operation_id
         )
     paths.update(_system_paths())
+    paths.update(_stream_paths())
     problem_content = {"application/problem+json": {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}}}
     responses: Schema = {
         name: {"description": description, "content": problem_content} for name, _, description in _ERROR_RESPONSES
@@ -468,6 +577,7 @@ def build_openapi(bindings: Sequence[HttpBinding], comments: Mapping[str, str]) 
         },
         "tags": [
             *({"name": s.name, "description": comments.get(s.full_name, "")} for s in services.values()),
+            {"name": "Events", "description": "Live run events: SSE streams and the WebSocket."},
             {"name": "System", "description": "Health, readiness and metrics of the edge."},
         ],
         "paths": paths,
