@@ -125,7 +125,9 @@ def request_access(request: web.Request) -> RouteAccess | None:
 
 class EdgeAuthenticator:
     """Verifies the credentials of a request: `Authorization: Bearer <jwt>` against auth_svc's
-    JWKS, or `X-API-Key` through auth_svc's VerifyApiKey (cached for at most 5 s)."""
+    JWKS (a verified token is remembered until its `exp`, at most a minute: the verifier's
+    VerifiedTokenCache), or `X-API-Key` through auth_svc's VerifyApiKey (cached for at most
+    5 s)."""
 
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier

@@ -72,6 +72,8 @@ STRUCT = "google.protobuf.Struct"
 VALUE = "google.protobuf.Value"
 LIST_VALUE = "google.protobuf.ListValue"
 HTTP_BODY = "google.api.HttpBody"
+# Well-known types whose JSON form is the string their `ToJsonString` renders.
+_JSON_STRING_TYPES = (timestamp_pb2.Timestamp, duration_pb2.Duration, field_mask_pb2.FieldMask)
 # Well-known types whose JSON form is one string: they can also come from a query parameter.
 TEXT_MESSAGES = frozenset({TIMESTAMP, DURATION, FIELD_MASK}) | WRAPPERS
 
@@ -226,8 +228,12 @@ def message_to_json(message: Message) -> JsonValue:
     if name == LIST_VALUE:
         assert isinstance(message, struct_pb2.ListValue)
         return [_struct_value_to_json(v) for v in message.values]
+    if isinstance(message, _JSON_STRING_TYPES):
+        # Timestamp (RFC 3339, `Z`), Duration (`1.5s`), FieldMask (`a,b.c`): the strings that
+        # MessageToDict would give, without building its printer for every timestamp.
+        return message.ToJsonString()
     if name.startswith("google.protobuf."):
-        # Timestamp (RFC 3339, `Z`), Duration, FieldMask, Empty, Any: the canonical forms.
+        # Empty, Any: the canonical forms.
         return json_format.MessageToDict(message, preserving_proto_field_name=True)
     result: dict[str, JsonValue] = {}
     for field in descriptor.fields:
@@ -250,8 +256,9 @@ def message_to_json(message: Message) -> JsonValue:
 # --------------------------------------------------------------------------- field lookup
 
 
+@cache
 def is_map(field: FieldDescriptor) -> bool:
-    """True for `map<K, V>` fields."""
+    """True for `map<K, V>` fields (remembered per field: descriptors live as long as the process)."""
     return (
         field.type == _F.TYPE_MESSAGE and field.message_type is not None and field.message_type.GetOptions().map_entry
     )

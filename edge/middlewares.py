@@ -1,6 +1,6 @@
 """The edge's general middlewares (request id -> metrics -> errors -> header limit -> CORS
-preflight; authentication and rate limiting live in authn.py and ratelimit.py) and the headers
-every response carries."""
+preflight; authentication and rate limiting live in authn.py and ratelimit.py), the headers
+every response carries, and the access log."""
 
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ from http import HTTPStatus
 
 import grpc
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from edge.metrics import METRICS_KEY, UNMATCHED_ROUTE
-from edge.problems import ProblemError, problem_from_rpc_error, problem_response
+from edge.problems import CLIENT_CLOSED_REQUEST, ProblemError, problem_from_rpc_error, problem_response
 from edge.settings import SETTINGS_KEY
 from flowforge_common.ids import new_id
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# The response whose headers went out (set in `add_standard_headers`), for a request whose
+# handler is cancelled afterwards.
+STARTED_RESPONSE_KEY = web.RequestKey("started_response", web.StreamResponse)
 # Set by the rate limiter; added to the response, whichever code path produced it.
 RATE_LIMIT_HEADERS_KEY = web.RequestKey("rate_limit_headers", dict[str, str])
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -76,10 +80,21 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = response.status
         return response
     except asyncio.CancelledError:
-        status = 499  # the client went away (nginx's convention)
+        # The client hung up (the server cancels the handler). Before any answer, it closed
+        # the request: 499, nginx's convention. During a stream it was being served (SSE,
+        # WebSocket), it ended the stream: the status already sent stands.
+        served = request.get(STARTED_RESPONSE_KEY)
+        status = served.status if served is not None else CLIENT_CLOSED_REQUEST
+        log_client_hang_up(request, served, time.perf_counter() - started)
         raise
     finally:
         request.app[METRICS_KEY].observe(request.method, route_label(request), status, time.perf_counter() - started)
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the HTTP client closed its connection (nothing it sent can be answered)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _problem_from_http_exception(request: web.Request, exc: web.HTTPException) -> ProblemError:
@@ -106,7 +121,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ProblemError as error:
         problem = error
     except grpc.aio.AioRpcError as error:
-        problem = problem_from_rpc_error(error)
+        problem = problem_from_rpc_error(error, client_gone=client_gone(request))
         if problem.status >= 500:
             logger.warning(
                 "upstream call failed: %s %s",
@@ -179,11 +194,14 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: request id, security headers and CORS on every response, streamed
     or not, whichever code path produced it."""
+    request[STARTED_RESPONSE_KEY] = response
     request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    # aiohttp has set its own `Server` (with versions) before this hook runs.
+    response.headers["Server"] = SECURITY_HEADERS["Server"]
     if request.path.startswith(_NO_STORE_PREFIXES):
         response.headers.setdefault("Cache-Control", "no-store")
     rate_limit_headers = request.get(RATE_LIMIT_HEADERS_KEY)
@@ -194,3 +212,70 @@ async def add_standard_headers(request: web.Request, response: web.StreamRespons
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
         response.headers.add("Vary", "Origin")
+
+
+# --------------------------------------------------------------------------- access log
+
+ACCESS_LOGGER_NAME = "edge.access"
+
+
+class EdgeAccessLogger(AbstractAccessLogger):
+    """`<client> "<METHOD> <path>" <status> <bytes> <ms>ms <request id>`, with the same values
+    as `extra` fields for JSON logs.
+
+    Cheaper than aiohttp's Apache-style AccessLogger, which walks a format string and renders
+    its own local timestamp for every request although the log formatter stamps each line
+    anyway. The path is the raw request target, as the client sent it."""
+
+    @property
+    def enabled(self) -> bool:
+        """False when the logger would drop INFO lines: then aiohttp does not call `log` at all."""
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Logs one request; `time` is how long the handler took, in seconds."""
+        log_request(self.logger, request, response.status, response.body_length, time)
+
+
+def log_request(logger: logging.Logger, request: web.BaseRequest, status: int, sent: int, seconds: float) -> None:
+    """One access-log line (see EdgeAccessLogger)."""
+    remote = request.remote or "-"
+    request_id = request.get(REQUEST_ID_KEY, "-")
+    duration_ms = round(seconds * 1000, 1)
+    logger.info(
+        '%s "%s %s" %s %s %sms %s',
+        remote,
+        request.method,
+        request.raw_path,
+        status,
+        sent,
+        duration_ms,
+        request_id,
+        extra={
+            "remote": remote,
+            "method": request.method,
+            "path": request.raw_path,
+            "status": status,
+            "bytes": sent,
+            "duration_ms": duration_ms,
+            "request_id": request_id,
+        },
+    )
+
+
+def log_client_hang_up(request: web.Request, served: web.StreamResponse | None, seconds: float) -> None:
+    """The access-log line of a request whose client hung up, which aiohttp does not log (it
+    cancels the handler): 499 before any answer, as nginx logs it, else the status and the
+    bytes of the stream it was being `served`."""
+    if not request.app[SETTINGS_KEY].access_log:
+        return
+    logger = logging.getLogger(ACCESS_LOGGER_NAME)
+    if served is None:
+        log_request(logger, request, CLIENT_CLOSED_REQUEST, 0, seconds)
+    else:
+        log_request(logger, request, served.status, served.body_length, seconds)
+
+
+def access_logger(enabled: bool) -> logging.Logger | None:
+    """The logger to pass to aiohttp's runner as `access_log` (None turns the log off)."""
+    return logging.getLogger(ACCESS_LOGGER_NAME) if enabled else None

@@ -17,6 +17,8 @@ from flowforge_common.errors import ERROR_DOMAIN
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://flowforge.dev/problems/"
 
+CLIENT_CLOSED_REQUEST = 499
+
 _C = grpc.StatusCode
 GRPC_TO_HTTP: Mapping[tuple[grpc.StatusCode, str | None], int] = {
     # (code, ErrorInfo.reason or None for "any reason") -> HTTP status. The reason refines a
@@ -34,6 +36,9 @@ GRPC_TO_HTTP: Mapping[tuple[grpc.StatusCode, str | None], int] = {
     (_C.UNIMPLEMENTED, None): 501,
     (_C.UNAVAILABLE, None): 503,
     (_C.DEADLINE_EXCEEDED, None): 504,
+    # The client closed the request (nginx's 499): not a server failure. Only true when the
+    # client did go away; see `problem_from_rpc_error`.
+    (_C.CANCELLED, None): CLIENT_CLOSED_REQUEST,
 }
 
 # What a client is told when the upstream message must not reach it (a 500, or a transport
@@ -83,10 +88,22 @@ def bad_request(field_path: str, message: str) -> ProblemError:
 
 
 def _reason_for_status(status: int) -> str:
+    if status == CLIENT_CLOSED_REQUEST:
+        return "CLIENT_CLOSED_REQUEST"
     try:
         return HTTPStatus(status).name
     except ValueError:
         return "ERROR"
+
+
+def status_phrase(status: int) -> str:
+    """The reason phrase of an HTTP status, nginx's 499 included."""
+    if status == CLIENT_CLOSED_REQUEST:
+        return "Client Closed Request"
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def problem_response(problem: ProblemError, request_id: str) -> web.Response:
@@ -94,7 +111,7 @@ def problem_response(problem: ProblemError, request_id: str) -> web.Response:
     reason = problem.reason or _reason_for_status(problem.status)
     body: dict[str, object] = {
         "type": PROBLEM_TYPE_BASE + reason.lower().replace("_", "-"),
-        "title": HTTPStatus(problem.status).phrase,
+        "title": status_phrase(problem.status),
         "status": problem.status,
         "detail": problem.detail,
         "request_id": request_id,
@@ -105,6 +122,7 @@ def problem_response(problem: ProblemError, request_id: str) -> web.Response:
         body.setdefault(name, value)
     return web.Response(
         status=problem.status,
+        reason=status_phrase(problem.status),
         text=json.dumps(body),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=dict(problem.headers),
@@ -119,10 +137,19 @@ def _rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
         return None
 
 
-def problem_from_rpc_error(error: grpc.aio.AioRpcError) -> ProblemError:
+def problem_from_rpc_error(error: grpc.aio.AioRpcError, *, client_gone: bool = False) -> ProblemError:
     """Maps an upstream gRPC failure through GRPC_TO_HTTP, keeping the ErrorInfo reason, the
-    BadRequest field violations and a RetryInfo delay (as `Retry-After`)."""
+    BadRequest field violations and a RetryInfo delay (as `Retry-After`).
+
+    CANCELLED is 499 only when the HTTP client has gone (`client_gone`). The edge's own
+    cancellations never arrive here (a handler cancelled because its client hung up raises
+    CancelledError, and the edge's deadline is DEADLINE_EXCEEDED, 504), so a CANCELLED call
+    while the client still waits was cancelled upstream, e.g. a stream reset by a service
+    under load: a server-side failure, 503, which a client may retry (with its
+    Idempotency-Key)."""
     code = error.code()
+    if code == _C.CANCELLED and not client_gone:
+        return ProblemError(503, _GENERIC_DETAIL[503], "UPSTREAM_CANCELLED")
     reason: str | None = None
     errors: list[FieldProblem] = []
     headers: dict[str, str] = {}
@@ -147,5 +174,5 @@ def problem_from_rpc_error(error: grpc.aio.AioRpcError) -> ProblemError:
     # Upstream text is shown for client errors and for our own domain errors; a 5xx without
     # FlowForge's ErrorInfo comes from the transport or a crash and may name internals.
     trusted = status < 500 or status == 501 or (reason is not None and status != 500)
-    detail_text = (error.details() or HTTPStatus(status).phrase) if trusted else _GENERIC_DETAIL[status]
+    detail_text = (error.details() or status_phrase(status)) if trusted else _GENERIC_DETAIL[status]
     return ProblemError(status, detail_text, reason or code.name, errors, headers)

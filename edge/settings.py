@@ -19,6 +19,11 @@ class EdgeSettings(CommonSettings):
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("FLOWFORGE_EDGE_HOST", "FLOWFORGE_HOST"))
     port: int = Field(default=8080, validation_alias=AliasChoices("FLOWFORGE_EDGE_PORT"))
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="Larger request bodies get 413.")
+    access_log: bool = Field(
+        default=True,
+        description="One INFO line per request on the `edge.access` logger (`FLOWFORGE_ACCESS_LOG`); `false` "
+        "when a proxy in front of the edge logs requests already.",
+    )
     request_timeout_seconds: float = Field(default=30.0, gt=0, description="Deadline of one upstream gRPC call.")
     ready_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of each upstream health check behind /health/ready."

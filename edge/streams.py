@@ -226,10 +226,12 @@ async def _relay_sse(request: web.Request, watch: UpstreamWatch, event_id: Calla
             body = {"status": problem.status, "reason": problem.reason, "detail": problem.detail}
             await response.write(f"event: error\ndata: {_dumps(body)}\n\n".encode())
         await response.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        # The client hung up; nothing left to tell it.
+    except ConnectionResetError:
+        # The client hung up and a write noticed first; nothing left to tell it.
         pass
     finally:
+        # Also when the handler is cancelled because the client hung up (the server's
+        # `handler_cancellation`): the upstream watch ends now, not at the next heartbeat.
         forget()
         await watch.close()
     return response

@@ -40,6 +40,7 @@ from edge.problems import ProblemError, bad_request
 from edge.settings import SETTINGS_KEY
 from edge.upstream import UPSTREAMS_KEY
 from flowforge_common.policy import MethodPolicy, method_policy
+from flowforge_common.telemetry import tracing_enabled
 
 # Headers that fill a request field of the same meaning when the request message has it.
 HEADER_FIELDS: Mapping[str, str] = {
@@ -505,6 +506,7 @@ class TranscodingHandler:
     def __init__(self, binding: HttpBinding, location_getter: PathTemplate | None) -> None:
         self.binding = binding
         self._location_getter = location_getter
+        self._tracing = tracing_enabled()
 
     async def handle(self, request: web.Request) -> web.Response:
         """Transcodes the request, calls the RPC with the caller's credentials, renders."""
@@ -518,8 +520,9 @@ class TranscodingHandler:
         )
         transcoded = transcode_request(binding, parts)
         metadata = forwarded_metadata(request.headers, request[REQUEST_ID_KEY])
-        # Honour the caller's `traceparent`: the gRPC client span becomes its child.
-        token = otel_context.attach(propagate.extract(request.headers))
+        # With tracing on, honour the caller's `traceparent`: the gRPC client span becomes its
+        # child. Without, the forwarded header carries the caller's trace context as it came.
+        token = otel_context.attach(propagate.extract(request.headers)) if self._tracing else None
         try:
             response = await request.app[UPSTREAMS_KEY].call(
                 binding.service.full_name,
@@ -530,7 +533,8 @@ class TranscodingHandler:
                 deadline_seconds=request.app[SETTINGS_KEY].request_timeout_seconds,
             )
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
         return render_response(
             binding, transcoded, response, request_path=request.path, location_getter=self._location_getter
         )

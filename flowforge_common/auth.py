@@ -7,6 +7,7 @@ import contextvars
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,11 +157,15 @@ class JwksKeySource:
         self._lock = asyncio.Lock()
 
     def load(self, jwks: list[dict[str, Any]]) -> None:
-        """Replaces the key set with the given JWKs."""
+        """Replaces the key set with the given JWKs. A key whose JWK did not change keeps its
+        key object, so that tokens verified with it stay cached (see `is_current`)."""
+        previous = {str(jwk.get("kid")): jwk for jwk in self._jwks}
         keys: dict[str, Any] = {}
         for jwk in jwks:
             try:
-                keys[str(jwk["kid"])] = jwt.PyJWK(jwk).key
+                kid = str(jwk["kid"])
+                unchanged = previous.get(kid) == jwk and kid in self._keys
+                keys[kid] = self._keys[kid] if unchanged else jwt.PyJWK(jwk).key
             except (KeyError, jwt.PyJWKError):
                 logger.warning("ignoring an unusable JWK", extra={"kid": jwk.get("kid")})
         self._keys = keys
@@ -171,6 +176,10 @@ class JwksKeySource:
     def jwks(self) -> list[dict[str, Any]]:
         """The JWKs last loaded (public keys only), e.g. to serve them again."""
         return [dict(jwk) for jwk in self._jwks]
+
+    def is_current(self, kid: str, key: Any) -> bool:
+        """Whether `key`, which `key_for(kid)` returned, is still the key set's key for `kid`."""
+        return self._keys.get(kid) is key
 
     async def key_for(self, kid: str) -> Any | None:
         """The key with this `kid`, refreshing the set once if it is unknown.
@@ -196,18 +205,110 @@ class JwksKeySource:
         return key
 
 
+@dataclass(frozen=True)
+class VerifiedToken:
+    """What a successful verification established: the principal, the key (and its `kid`)
+    that verified the signature, and the token's `exp`."""
+
+    principal: Principal
+    kid: str
+    key: Any
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class _CacheEntry:
+    token: VerifiedToken
+    evict_at: float  # the cache's own bound, on the monotonic clock
+
+
+class VerifiedTokenCache:
+    """Principals of access tokens whose signature and claims were verified, so that a client
+    sending the same token on every request costs one EdDSA verification per `max_ttl_seconds`,
+    not one per request.
+
+    Entries are keyed by the SHA-256 of the whole compact token (header, claims and signature):
+    a token that differs in any character, a tampered one included, is a miss and goes through
+    full verification. Only verified tokens are stored, so a client cannot fill the cache with
+    garbage. An entry ends at the token's `exp` (no leeway: the verifier applies its leeway on
+    a fresh verification), after `max_ttl_seconds` whatever the `exp`, and when the verifying
+    key left the key set; the least recently used entry goes first when the cache is full."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_ttl_seconds: float = 60.0,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_entries = max_entries
+        self._max_ttl = max_ttl_seconds
+        self._wall_clock = wall_clock
+        self._monotonic_clock = monotonic_clock
+        self._entries: OrderedDict[bytes, _CacheEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def digest(token: str) -> bytes:
+        """The cache key of a token."""
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, digest: bytes, is_current_key: Callable[[str, Any], bool]) -> Principal | None:
+        """The principal of a verified, unexpired token; `is_current_key(kid, key)` says whether
+        the key that verified it is still in the key set."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        token = entry.token
+        if (
+            token.expires_at <= self._wall_clock()
+            or entry.evict_at <= self._monotonic_clock()
+            or not is_current_key(token.kid, token.key)
+        ):
+            del self._entries[digest]
+            return None
+        self._entries.move_to_end(digest)
+        return token.principal
+
+    def put(self, digest: bytes, token: VerifiedToken) -> None:
+        """Remembers a token that was just verified."""
+        if self._max_entries <= 0 or token.expires_at <= self._wall_clock():
+            return
+        self._entries[digest] = _CacheEntry(token, self._monotonic_clock() + self._max_ttl)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
 class TokenVerifier:
     """Verifies FlowForge credentials: access tokens (signature, `kid`, `alg`, `iss`, `aud`,
     `exp`) and, when given an `api_keys` resolver, API keys. Carrying both lets every service
-    that builds its verifier from auth_svc accept both kinds of credential."""
+    that builds its verifier from auth_svc accept both kinds of credential.
+
+    Verified tokens are remembered in `token_cache` (a fresh VerifiedTokenCache when None;
+    `VerifiedTokenCache(max_entries=0)` remembers nothing). An access token cannot be revoked
+    before its `exp`, and a cache entry ends at that `exp` or when its key leaves the key set,
+    so the cache accepts nothing that a fresh verification would refuse."""
 
     def __init__(
-        self, keys: JwksKeySource, *, issuer: str, audience: str, api_keys: ApiKeyResolver | None = None
+        self,
+        keys: JwksKeySource,
+        *,
+        issuer: str,
+        audience: str,
+        api_keys: ApiKeyResolver | None = None,
+        token_cache: VerifiedTokenCache | None = None,
+        leeway_seconds: float = 5.0,
     ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
+        self._leeway = leeway_seconds
         self.api_keys = api_keys
+        self.token_cache = token_cache if token_cache is not None else VerifiedTokenCache()
 
     @property
     def keys(self) -> JwksKeySource:
@@ -222,6 +323,16 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         """The principal the token names; UnauthenticatedError on any defect."""
+        digest = self.token_cache.digest(token)
+        principal = self.token_cache.get(digest, self._keys.is_current)
+        if principal is not None:
+            return principal
+        verified = await self._verify(token)
+        self.token_cache.put(digest, verified)
+        return verified.principal
+
+    async def _verify(self, token: str) -> VerifiedToken:
+        """Full verification: header, key, signature and claims."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -242,7 +353,7 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 options={"require": ["exp", "iat", "iss", "aud", "sub", "tid"]},
-                leeway=5,
+                leeway=self._leeway,
             )
         except jwt.ExpiredSignatureError as exc:
             raise UnauthenticatedError("access token has expired") from exc
@@ -251,13 +362,15 @@ class TokenVerifier:
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise UnauthenticatedError("access token is not valid")
-        return Principal(
+        principal = Principal(
             tenant_id=str(claims["tid"]),
             subject=str(claims["sub"]),
             scopes=frozenset(scope.split()),
             role=str(claims.get("role", "")),
             token=token,
         )
+        # PyJWT has checked that `exp` is a number.
+        return VerifiedToken(principal, kid, key, float(claims["exp"]))
 
 
 def bearer_token(metadata: Mapping[str, str]) -> str | None:

@@ -18,13 +18,15 @@ from flowforge_common.auth import (
     TokenVerifier,
 )
 from flowforge_common.errors import UnauthenticatedError, UnavailableError
+from flowforge_common.telemetry import tracing_enabled
 
 
 def open_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel to a FlowForge service with tracing interceptors."""
+    """An insecure channel to a FlowForge service, with the tracing interceptors when tracing
+    is on (`setup_tracing` runs first)."""
     return grpc.aio.insecure_channel(
         target,
-        interceptors=aio_client_interceptors(),
+        interceptors=aio_client_interceptors() if tracing_enabled() else None,
         options=[("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
 

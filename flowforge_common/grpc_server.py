@@ -20,6 +20,7 @@ from flowforge_common.auth import TokenVerifier
 from flowforge_common.interceptors import ApiKeyResolver, ServiceInterceptor
 from flowforge_common.policy import policy_table
 from flowforge_common.service_identity import ServiceCredential
+from flowforge_common.telemetry import tracing_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,16 @@ async def start_grpc_server(
     readiness: Callable[[], Awaitable[bool]] | None = None,
     readiness_interval: float = 5.0,
 ) -> GrpcServer:
-    """Starts a `grpc.aio` server with OpenTelemetry, the FlowForge interceptor, health and
-    reflection; `port` 0 binds a free port. `readiness` (e.g. a database ping) drives the
-    health status."""
+    """Starts a `grpc.aio` server with the FlowForge interceptor (and OpenTelemetry's when
+    tracing is on), health and reflection; `port` 0 binds a free port. `readiness` (e.g. a
+    database ping) drives the health status."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ServiceInterceptor(policy_table(services), verifier, api_key_resolver, service_credential)
+    ]
+    if tracing_enabled():
+        interceptors.insert(0, aio_server_interceptor())
     server = grpc.aio.server(
-        interceptors=[
-            aio_server_interceptor(),
-            ServiceInterceptor(policy_table(services), verifier, api_key_resolver, service_credential),
-        ],
+        interceptors=interceptors,
         options=[("grpc.so_reuseport", 0)],
     )
     for register in registrations:

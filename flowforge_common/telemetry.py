@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -45,22 +47,36 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
-def setup_tracing(service_name: str) -> None:
-    """Installs an OpenTelemetry tracer provider. Exporters are configured by the standard
-    `OTEL_*` variables when an exporter package is installed (see deploy/)."""
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
-        return
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter,
-        )
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError:
-        pass
-    else:
-        import os
+# Either variable configures the OTLP span exporter (the second one for traces only).
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+
+def setup_tracing(service_name: str) -> bool:
+    """Installs the OpenTelemetry SDK's tracer provider with an OTLP exporter when an OTLP
+    endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`) and the exporter package is
+    installed; True when tracing is on.
+
+    Otherwise the API's no-op provider stays and `tracing_enabled()` is False: the gRPC
+    interceptors are then left out altogether, since spans that no exporter sends are pure
+    cost on every call. W3C `traceparent`/`tracestate` still reach the services: the edge
+    forwards them as metadata."""
+    if tracing_enabled():
+        return True
+    if not any(os.environ.get(name) for name in OTLP_ENDPOINT_VARIABLES):
+        return False
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        logging.getLogger(__name__).warning(
+            "an OTLP endpoint is set but opentelemetry-exporter-otlp is not installed: tracing stays off"
+        )
+        return False
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    return True
+
+
+def tracing_enabled() -> bool:
+    """Whether spans are recorded and exported (see `setup_tracing`)."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)

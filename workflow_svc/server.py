@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
 from flowforge.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from flowforge.workflow.v1 import (
     agent_service_pb2,
@@ -30,6 +32,15 @@ from workflow_svc.http_probe import HttpHealthProber
 from workflow_svc.settings import WorkflowSettings
 
 MIGRATIONS = Path(__file__).parent / "db" / "migrations"
+
+
+def db_reads(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """Sessions for single reads: autocommit on PostgreSQL (under READ COMMITTED each
+    statement sees its own snapshot anyway, so BEGIN and COMMIT would only add round trips),
+    the ordinary ones on SQLite."""
+    if not db.is_postgres(engine):
+        return sessions
+    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
 async def create_server(
@@ -59,7 +70,7 @@ async def create_server(
     execution_channel = open_channel(settings.execution_target)
     call_stats = ExecutionCallStats(execution_channel, service_credential)
     agents = AgentServiceServicer(registry, AgentHealthMonitor(registry, sessions, prober, call_stats))
-    workflows = WorkflowServiceServicer(WorkflowCatalog(sessions))
+    workflows = WorkflowServiceServicer(WorkflowCatalog(sessions, reads=db_reads(engine, sessions)))
     audit = AuditServiceServicer(AuditLog(sessions))
     server = await start_grpc_server(
         host=settings.host,

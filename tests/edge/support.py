@@ -4,7 +4,9 @@ with canned resources, or fail with a chosen status (with rich details) on reque
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -51,9 +53,28 @@ class Call:
 
 @dataclass
 class Recorder:
-    """Every call any echo servicer received, in order."""
+    """Every call any echo servicer received, in order, and the calls the caller cancelled
+    while a servicer was still working on them (method name and `time.monotonic()`)."""
 
     calls: list[Call] = field(default_factory=list)
+    cancelled: list[tuple[str, float]] = field(default_factory=list)
+    _cancellations: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def cancellation(self, method: str) -> Iterator[None]:
+        """Records a cancellation of the call served inside the block."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.cancelled.append((method, time.monotonic()))
+            self._cancellations.setdefault(method, asyncio.Event()).set()
+            raise
+
+    async def wait_cancelled(self, method: str, within: float) -> float:
+        """When the first call of `method` was cancelled; TimeoutError after `within` s."""
+        async with asyncio.timeout(within):
+            await self._cancellations.setdefault(method, asyncio.Event()).wait()
+        return next(at for name, at in self.cancelled if name == method)
 
     def record(self, method: str, request: Message, context: grpc.aio.ServicerContext) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
@@ -128,7 +149,8 @@ class EchoAgentService(agent_service_pb2_grpc.AgentServiceServicer):
 
     async def GetAgent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.recorder.record("GetAgent", request, context)
-        await fail_as_asked(request.id, context)
+        with self.recorder.cancellation("GetAgent"):
+            await fail_as_asked(request.id, context)
         return agent_service_pb2.GetAgentResponse(
             agent=agent_pb2.Agent(
                 id=request.id,
@@ -270,13 +292,19 @@ class EchoExecutionService(execution_service_pb2_grpc.ExecutionServiceServicer):
         return execution_service_pb2.CreateScheduleResponse(schedule=schedule)
 
     async def WatchRun(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """The run's next event, `workflow.completed`, then the end of the stream."""
+        """The run's next event, `workflow.completed`, then the end of the stream; `fail.*` run
+        ids fail as asked before any event; run `hold` sends `workflow.started` and stays open
+        until the caller cancels the watch (recorded)."""
         self.recorder.record("WatchRun", request, context)
+        await fail_as_asked(request.run_id, context)
+        event = "workflow.started" if request.run_id == "hold" else "workflow.completed"
+        seq = request.after_seq + 1
         yield execution_service_pb2.WatchRunResponse(
-            event=execution_pb2.Event(
-                event="workflow.completed", seq=request.after_seq + 1, run_id=request.run_id, timestamp=CREATED_AT
-            )
+            event=execution_pb2.Event(event=event, seq=seq, run_id=request.run_id, timestamp=CREATED_AT)
         )
+        if request.run_id == "hold":
+            with self.recorder.cancellation("WatchRun"):
+                await asyncio.Event().wait()
 
     async def CreateWebhookTrigger(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.recorder.record("CreateWebhookTrigger", request, context)

@@ -36,7 +36,7 @@ C = grpc.StatusCode
         (C.INTERNAL, None, 500),
         (C.UNKNOWN, None, 500),
         (C.DATA_LOSS, None, 500),
-        (C.CANCELLED, None, 500),
+        (C.CANCELLED, None, 499),
         (C.OUT_OF_RANGE, None, 500),
     ],
 )
@@ -88,7 +88,25 @@ def test_retry_info_becomes_retry_after() -> None:
     assert problem_from_rpc_error(error).headers["Retry-After"] == "7"
 
 
-@pytest.mark.parametrize("code", [C.INTERNAL, C.UNKNOWN, C.UNAVAILABLE, C.DEADLINE_EXCEEDED])
+def test_cancelled_is_499_once_the_client_has_gone() -> None:
+    problem = problem_from_rpc_error(rpc_error(C.CANCELLED, "Cancelled"), client_gone=True)
+    assert (problem.status, problem.reason) == (499, "CANCELLED")
+    response = problem_response(problem, "req_1")
+    assert (response.status, response.reason) == (499, "Client Closed Request")
+    assert response.text is not None
+    body = json.loads(response.text)
+    assert (body["title"], body["type"]) == ("Client Closed Request", "https://flowforge.dev/problems/cancelled")
+
+
+def test_cancelled_while_the_client_still_waits_is_a_retryable_server_failure() -> None:
+    """The edge's own cancellations never come back as CANCELLED: one that does was cancelled
+    upstream (e.g. a stream reset under load), which is not the client's doing."""
+    problem = problem_from_rpc_error(rpc_error(C.CANCELLED, "Received RST_STREAM with error code 8"))
+    assert (problem.status, problem.reason) == (503, "UPSTREAM_CANCELLED")
+    assert "RST_STREAM" not in problem.detail
+
+
+@pytest.mark.parametrize("code", [C.INTERNAL, C.UNKNOWN, C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.CANCELLED])
 def test_server_side_failures_hide_upstream_text(code: grpc.StatusCode) -> None:
     problem = problem_from_rpc_error(rpc_error(code, "failed to connect to 10.1.2.3:50052"))
     assert "10.1.2.3" not in problem.detail

@@ -117,6 +117,25 @@ async def test_the_genuine_token_passes_and_is_forwarded(
     assert backend.recorder.last("GetAgent").metadata["authorization"] == f"Bearer {token}"
 
 
+async def test_tampered_copies_of_a_cached_token_are_refused(
+    client: Client, backend: EchoBackend, tokens: TokenFactory
+) -> None:
+    """The edge remembers verified tokens by a hash of the whole token: a copy with other claims
+    or another signature is verified afresh, and refused."""
+    token = tokens.mint(tenant_id="ten_a", scopes=("agents:read",))
+    for _ in range(2):  # the second request is answered from the cache
+        response = await client.get("/api/v1/agents/agt_1", headers=bearer(token))
+        assert response.status == 200, await response.text()
+    calls = len(backend.recorder.calls)
+    header, payload, signature = token.split(".")
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    admin = b64url(json.dumps({**decoded, "tid": "ten_b", "scope": "admin"}).encode())
+    other_signature = tokens.mint(tenant_id="ten_b", scopes=("admin",)).rsplit(".", 1)[1]
+    for forged in (f"{header}.{admin}.{signature}", f"{header}.{payload}.{other_signature}"):
+        await assert_401(await client.get("/api/v1/agents/agt_1", headers=bearer(forged)), presented=True)
+    assert len(backend.recorder.calls) == calls, "a forged token reached the service"
+
+
 async def test_missing_or_non_bearer_credentials_are_refused(client: Client, backend: EchoBackend) -> None:
     await assert_401(await client.get("/api/v1/agents"), presented=False)
     basic = base64.b64encode(b"a@example.com:password").decode()

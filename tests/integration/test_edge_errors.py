@@ -69,6 +69,7 @@ async def problem_of(response: Any, status: int) -> dict[str, Any]:
         ("fail.UNAVAILABLE", 503),
         ("fail.UNAVAILABLE.UNAVAILABLE", 503),
         ("slow", 504),
+        ("fail.CANCELLED", 503),
         ("fail.INTERNAL", 500),
         ("fail.DATA_LOSS", 500),
         ("fail.UNKNOWN", 500),
@@ -148,9 +149,10 @@ async def test_unsupported_media_type_is_415(client: Client, auth: dict[str, str
 
 
 async def test_stream_routes_turn_refusals_into_problems(client: Client, auth: dict[str, str]) -> None:
-    # The echo backend does not implement the watches: its UNIMPLEMENTED arrives before any byte.
-    for path in ("/api/v1/runs/run_1/events", "/api/v1/events"):
-        await problem_of(await client.get(path, headers=auth), 501)
+    # Refusals arrive before any byte of the stream: the run's watch fails as asked, and the
+    # echo backend does not implement WatchEvents (UNIMPLEMENTED).
+    await problem_of(await client.get("/api/v1/runs/fail.NOT_FOUND.NOT_FOUND/events", headers=auth), 404)
+    await problem_of(await client.get("/api/v1/events", headers=auth), 501)
     await problem_of(await client.get("/api/v1/ws", headers=auth), 400)  # not an upgrade
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from flowforge.workflow.v1 import workflow_pb2
+from flowforge.workflow.v1 import workflow_pb2, workflow_service_pb2
 from flowforge_common.errors import BadRequestError
 from flowforge_common.pagination import encode_page_token
 from tests.workflow_svc.harness import API_EXAMPLE, definition_of, workflow_message
 from workflow_svc.api.mappers import (
+    RenderedVersions,
     definition_from_proto,
     page_token_from_workflow_cursor,
     template_to_proto,
@@ -115,3 +117,27 @@ def test_forged_workflow_page_tokens_are_refused(position: dict[str, Any]) -> No
     with pytest.raises(BadRequestError) as caught:
         workflow_cursor_from_page_token(encode_page_token(position))
     assert [violation.field for violation in caught.value.violations] == ["page_token"]
+
+
+def test_a_version_is_rendered_once_and_never_shared_into_a_response() -> None:
+    rendered = RenderedVersions()
+    workflow = stored(API_EXAMPLE)
+    message = rendered.render(workflow)
+    assert message == workflow_to_proto(workflow)
+    assert rendered.render(copy.deepcopy(workflow)) is message  # the same version: rendered once
+    response = workflow_service_pb2.GetWorkflowResponse(workflow=message)
+    response.workflow.name = "changed by a caller"
+    assert rendered.render(workflow).name == API_EXAMPLE["name"]
+
+
+def test_each_tenant_version_and_etag_is_rendered_on_its_own() -> None:
+    rendered = RenderedVersions(max_entries=2)
+    workflow = stored(API_EXAMPLE)
+    first = rendered.render(workflow)
+    for other in (
+        replace(workflow, tenant_id="ten_other"),
+        replace(workflow, version=2),
+        replace(workflow, etag="another"),
+    ):
+        assert rendered.render(other) is not first
+    assert rendered.render(workflow) is not first  # bounded: the least recently used went first

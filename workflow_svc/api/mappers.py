@@ -4,6 +4,7 @@ types, audit entries) and the domain, in both directions."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -214,6 +215,32 @@ def workflow_to_proto(workflow: Workflow) -> workflow_pb2.Workflow:
     message.updated_at.CopyFrom(_timestamp(workflow.updated_at))
     message.created_by = workflow.created_by
     return message
+
+
+class RenderedVersions:
+    """`workflow_to_proto` remembered per version, least recently used out first. A version
+    never changes (its etag says which one it is), so neither does its message; rendering the
+    definition is what GetWorkflow, behind every run start, spends most on once the version
+    itself comes from memory. The message is shared: callers copy it (a response message's
+    constructor does) and never change it."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max_entries = max_entries
+        self._messages: OrderedDict[tuple[str, str, int, str], workflow_pb2.Workflow] = OrderedDict()
+
+    def render(self, workflow: Workflow) -> workflow_pb2.Workflow:
+        """The message of `workflow`, rendered once per version."""
+        key = (workflow.tenant_id, workflow.id, workflow.version, workflow.etag)
+        message = self._messages.get(key)
+        if message is None:
+            message = workflow_to_proto(workflow)
+            if self._max_entries > 0:
+                self._messages[key] = message
+                while len(self._messages) > self._max_entries:
+                    self._messages.popitem(last=False)
+        else:
+            self._messages.move_to_end(key)
+        return message
 
 
 def plan_to_proto(plan: Iterable[Iterable[str]]) -> list[struct_pb2.ListValue]:

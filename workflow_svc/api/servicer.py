@@ -11,6 +11,7 @@ from flowforge.workflow.v1 import agent_service_pb2_grpc, workflow_service_pb2, 
 from flowforge_common.auth import current_principal
 from flowforge_common.pagination import clamp_limit
 from workflow_svc.api.mappers import (
+    RenderedVersions,
     agent_filter_from_proto,
     agent_from_proto,
     agent_to_proto,
@@ -134,6 +135,7 @@ class WorkflowServiceServicer(workflow_service_pb2_grpc.WorkflowServiceServicer)
 
     def __init__(self, catalog: WorkflowCatalog) -> None:
         self._catalog = catalog
+        self._rendered = RenderedVersions()
 
     async def CreateWorkflow(
         self, request: wf.CreateWorkflowRequest, _context: grpc.aio.ServicerContext
@@ -176,7 +178,7 @@ class WorkflowServiceServicer(workflow_service_pb2_grpc.WorkflowServiceServicer)
     ) -> wf.GetWorkflowResponse:
         """The latest version of a workflow, or `version`."""
         workflow = await self._catalog.get_workflow(current_principal(), request.id, version=request.version or None)
-        return wf.GetWorkflowResponse(workflow=workflow_to_proto(workflow))
+        return wf.GetWorkflowResponse(workflow=self._rendered.render(workflow))
 
     async def ListWorkflowVersions(
         self, request: wf.ListWorkflowVersionsRequest, _context: grpc.aio.ServicerContext

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, insert, literal, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, insert, literal, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -94,6 +94,21 @@ async def get_workflow(
         return None
     row = (await session.execute(_workflows_with_version(version_condition).where(*live))).first()
     return None if row is None else _workflow_from_rows(row.WorkflowRow, row.WorkflowVersionRow)
+
+
+# Built once: constructing the statement cost as much as running it (GetWorkflow, behind every
+# run start, asks it every time). Table columns, so no ORM compile step either.
+_HEADS = WorkflowRow.__table__.c
+_LATEST_VERSION = select(_HEADS.latest_version).where(
+    _HEADS.id == bindparam("workflow_id"), _HEADS.tenant_id == bindparam("tenant_id"), _HEADS.deleted_at.is_(None)
+)
+
+
+async def latest_version(session: AsyncSession, tenant_id: str, workflow_id: str) -> int | None:
+    """The latest version of the live workflow, or None: one row of the head by its primary
+    key, without the definition."""
+    version: int | None = await session.scalar(_LATEST_VERSION, {"workflow_id": workflow_id, "tenant_id": tenant_id})
+    return version
 
 
 def list_workflows_statement(

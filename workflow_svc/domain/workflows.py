@@ -10,6 +10,7 @@ in the same transaction as the write they guard.
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
@@ -80,11 +81,58 @@ def parse_order_by(order_by: str) -> WorkflowOrder:
         ) from None
 
 
-class WorkflowCatalog:
-    """The workflows and templates of the caller's tenant."""
+class VersionCache:
+    """Workflow versions by (tenant id, workflow id, version), least recently used out first.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    A version is immutable once saved (a save writes version N+1, a delete marks the
+    workflow's head), so a cached version never goes stale; whether the workflow is still
+    live, and which version is its latest, are not cached: every read asks the database, so
+    that a save or a delete in any replica counts at once. The tenant in the key keeps one
+    tenant from ever being handed another's version."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str, int], Workflow] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, tenant_id: str, workflow_id: str, version: int) -> Workflow | None:
+        """The cached version, if any."""
+        key = (tenant_id, workflow_id, version)
+        workflow = self._entries.get(key)
+        if workflow is not None:
+            self._entries.move_to_end(key)
+        return workflow
+
+    def put(self, workflow: Workflow) -> None:
+        """Remembers a version read from the database."""
+        if self._max_entries <= 0:
+            return
+        key = (workflow.tenant_id, workflow.id, workflow.version)
+        self._entries[key] = workflow
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
+class WorkflowCatalog:
+    """The workflows and templates of the caller's tenant.
+
+    `reads` are the sessions of `get_workflow`, the read behind every run start (default:
+    `sessions`); server.py gives it autocommit sessions on PostgreSQL, where a read needs no
+    BEGIN and COMMIT round trips. Versions it reads are kept in `versions`."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        reads: async_sessionmaker[AsyncSession] | None = None,
+        versions: VersionCache | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._reads = reads or sessions
+        self.versions = versions if versions is not None else VersionCache()
 
     async def validate_workflow(self, principal: Principal, definition: Mapping[str, Any]) -> ValidationReport:
         """Every problem of a definition and, when its DAG is sound, the plan; saves nothing."""
@@ -116,19 +164,29 @@ class WorkflowCatalog:
         return workflow
 
     async def get_workflow(self, principal: Principal, workflow_id: str, *, version: int | None = None) -> Workflow:
-        """The tenant's live workflow at `version` (the latest when None)."""
+        """The tenant's live workflow at `version` (the latest when None).
+
+        One small query says whether the workflow is live and which version is its latest;
+        the version itself comes from the cache when this process read it before. Versions
+        1 to the latest all exist: they are never deleted one by one."""
         if version is not None and version < 1:
             raise BadRequestError("version must be at least 1", [FieldViolation("version", "must be at least 1")])
-        async with self._sessions.begin() as session:
-            workflow = await repository.get_workflow(session, principal.tenant_id, workflow_id, version=version)
-            if (
-                workflow is None
-                and version is not None
-                and await repository.get_workflow(session, principal.tenant_id, workflow_id)
-            ):
+        tenant_id = principal.tenant_id
+        async with self._reads() as session:
+            latest = await repository.latest_version(session, tenant_id, workflow_id)
+            if latest is None:
+                raise WorkflowNotFoundError(workflow_id)
+            wanted = latest if version is None else version
+            if wanted > latest:
                 raise WorkflowNotFoundError(workflow_id, version)
-        if workflow is None:
-            raise WorkflowNotFoundError(workflow_id)
+            workflow = self.versions.get(tenant_id, workflow_id, wanted)
+            if workflow is None:
+                # Each statement may see its own snapshot (autocommit): a save in between adds
+                # a version, which changes nothing for this one.
+                workflow = await repository.get_workflow(session, tenant_id, workflow_id, version=wanted)
+                if workflow is None:  # deleted in between: as if the read came after the delete
+                    raise WorkflowNotFoundError(workflow_id)
+                self.versions.put(workflow)
         return workflow
 
     async def list_workflows(
