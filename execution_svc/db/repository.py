@@ -229,9 +229,31 @@ async def get_runs(session: AsyncSession, keys: Sequence[tuple[str, str]]) -> li
     return [_run_from_row(row) for row in result]
 
 
+# The hot reads are built once: building a statement costs more than running it.
+_GET_RUN = select(runs).where(runs.c.tenant_id == bindparam("tenant_id"), runs.c.id == bindparam("run_id"))
+_LOAD_STEPS = select(run_steps).where(
+    run_steps.c.tenant_id == bindparam("tenant_id"), run_steps.c.run_id == bindparam("run_id")
+)
+_LOAD_ATTEMPTS = (
+    select(step_attempts)
+    .where(step_attempts.c.tenant_id == bindparam("tenant_id"), step_attempts.c.run_id == bindparam("run_id"))
+    .order_by(step_attempts.c.step_id, step_attempts.c.item_index, step_attempts.c.attempt)
+)
+_LIST_EVENTS = (
+    select(events)
+    .where(
+        events.c.tenant_id == bindparam("tenant_id"),
+        events.c.run_id == bindparam("run_id"),
+        events.c.seq > bindparam("after_seq"),
+    )
+    .order_by(events.c.seq)
+    .limit(bindparam("limit"))
+)
+
+
 async def get_run(session: AsyncSession, tenant_id: str, run_id: str) -> RunRecord | None:
     """The run, unlocked."""
-    result = await session.execute(select(runs).where(runs.c.tenant_id == tenant_id, runs.c.id == run_id))
+    result = await session.execute(_GET_RUN, {"tenant_id": tenant_id, "run_id": run_id})
     row = result.first()
     return _run_from_row(row) if row is not None else None
 
@@ -303,9 +325,7 @@ def _step_values(step: StepRecord) -> dict[str, Any]:
 
 async def load_steps(session: AsyncSession, tenant_id: str, run_id: str) -> list[StepRecord]:
     """Every step row of a run, items included."""
-    result = await session.execute(
-        select(run_steps).where(run_steps.c.tenant_id == tenant_id, run_steps.c.run_id == run_id)
-    )
+    result = await session.execute(_LOAD_STEPS, {"tenant_id": tenant_id, "run_id": run_id})
     return [_step_from_row(row) for row in result]
 
 
@@ -324,11 +344,7 @@ async def load_steps_of_runs(session: AsyncSession, keys: Sequence[tuple[str, st
 
 async def load_attempts(session: AsyncSession, tenant_id: str, run_id: str) -> list[AttemptRecord]:
     """Every attempt of a run's steps, in attempt order."""
-    result = await session.execute(
-        select(step_attempts)
-        .where(step_attempts.c.tenant_id == tenant_id, step_attempts.c.run_id == run_id)
-        .order_by(step_attempts.c.step_id, step_attempts.c.item_index, step_attempts.c.attempt)
-    )
+    result = await session.execute(_LOAD_ATTEMPTS, {"tenant_id": tenant_id, "run_id": run_id})
     return [
         AttemptRecord(
             run_id=row.run_id,
@@ -1264,10 +1280,7 @@ async def list_events(
 ) -> list[EventRecord]:
     """A run's events after `after_seq`, in seq order."""
     result = await session.execute(
-        select(events)
-        .where(events.c.tenant_id == tenant_id, events.c.run_id == run_id, events.c.seq > after_seq)
-        .order_by(events.c.seq)
-        .limit(limit)
+        _LIST_EVENTS, {"tenant_id": tenant_id, "run_id": run_id, "after_seq": after_seq, "limit": limit}
     )
     return [event_from_row(row) for row in result]
 
