@@ -324,7 +324,9 @@ async def admin(sql: str) -> None:
         await conn.close()
 
 
-async def run_bench(args: argparse.Namespace) -> list[Row]:
+async def run_bench(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """FlowForge's engine workloads, then (with the engine stopped, the test agent still up)
+    the peers' W0-W2 shapes: the rows and the peers' report."""
     name = f"flowforge_bench_{uuid.uuid4().hex[:10]}"
     await admin(f'CREATE DATABASE "{name}"')
     dsn = f"{ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
@@ -368,7 +370,6 @@ async def run_bench(args: argparse.Namespace) -> list[Row]:
                     print(f"running {key} ...", file=sys.stderr, flush=True)
                     await step()
                     await asyncio.sleep(0.5)  # let the tail (notifications, reaper) settle
-            return bench.rows
         finally:
             for worker in workers:
                 await worker.stop(grace=1)
@@ -376,6 +377,12 @@ async def run_bench(args: argparse.Namespace) -> list[Row]:
             await notifier.close()
             await database.drain()
             await engine.dispose()
+        peers: dict[str, Any] = {}
+        compared = [key for key in ("W0", "W1", "W2") if key in selected]
+        if compared and not args.no_peers:
+            print("running the peers (Celery+Redis, pgqueuer) ...", file=sys.stderr, flush=True)
+            peers = await asyncio.to_thread(run_peers, compared, args.repeats, args.runs, agent_url)
+        return bench.rows, peers
     finally:
         agent_process.terminate()
         agent_process.wait(10)
@@ -423,10 +430,11 @@ def run_edge(parts: list[str], subscribers: int) -> list[Row]:
     return rows
 
 
-def run_peers(workloads: list[str], repeats: int, runs: int) -> dict[str, Any]:
-    """tools/bench_peers.py as a child process (Celery's client blocks its thread): its JSON."""
+def run_peers(workloads: list[str], repeats: int, runs: int, agent_url: str) -> dict[str, Any]:
+    """tools/bench_peers.py as a child process (Celery's client blocks its thread): its JSON.
+    W0's peer steps call the same test agent as FlowForge's agent steps."""
     command = [sys.executable, str(ROOT / "tools" / "bench_peers.py"), "--workloads", ",".join(workloads),
-               "--repeats", str(repeats), "--runs", str(runs)]
+               "--repeats", str(repeats), "--runs", str(runs), "--agent-url", f"{agent_url}"]
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
         report: dict[str, Any] = json.loads(done.stdout)
@@ -499,16 +507,16 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     wanted = set(args.only.split(",")) if args.only else {"W0", "W1", "W2", "W3", "W4", "W5"}
-    rows = asyncio.run(run_bench(args)) if wanted & {"W0", "W1", "W2", "W3"} else []
+    rows: list[Row] = []
+    notes: list[str] = []
+    if wanted & {"W0", "W1", "W2", "W3"}:
+        rows, peers = asyncio.run(run_bench(args))
+        if peers:
+            notes = fill_peers(rows, peers)
     edge_parts = sorted(wanted & {"W4", "W5"})
     if edge_parts:
         print(f"running {', '.join(edge_parts)} on the whole stack ...", file=sys.stderr, flush=True)
         rows += run_edge(edge_parts, args.subscribers)
-    selected = [key for key in ("W0", "W1", "W2") if key in wanted]
-    notes: list[str] = []
-    if selected and not args.no_peers:
-        print("running the peers (Celery+Redis, pgqueuer) ...", file=sys.stderr, flush=True)
-        notes = fill_peers(rows, run_peers(selected, args.repeats, args.runs))
     print(render(rows, notes))
 
 

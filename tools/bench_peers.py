@@ -48,6 +48,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import aiohttp
 import asyncpg
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ CELERY_CONCURRENCY = 2
 PGQ_POOL = 10  # connections of the pgqueuer worker's job pool, as FlowForge's bench pool
 PGQ_SUBMIT_POOL = 10  # connections the submitter enqueues W2's chains through
 PGQ_WORKER_DSN_ENV = "FLOWFORGE_PEER_PG_DSN"
+# The test agent W0's steps call over HTTP (bench.py passes its own; without one they sleep).
+AGENT_URL_ENV = "FLOWFORGE_PEER_AGENT_URL"
 
 RESULTS_DDL = """
 CREATE TABLE peer_results (
@@ -118,6 +121,12 @@ class PeerResult:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _w0_step() -> str:
+    if os.environ.get(AGENT_URL_ENV):
+        return f"each an HTTP call to the test agent answering after {W0_STEP_MS} ms (as FlowForge's agent steps)"
+    return f"each sleeping {W0_STEP_MS} ms"
 
 
 def _median(samples: list[float]) -> float:
@@ -236,7 +245,7 @@ def run_celery(workloads: list[str], repeats: int, runs: int) -> PeerResult:
         f"Redis {info.get('redis_version', '?')} db {REDIS_URL.rsplit('/', 1)[-1]} as broker and result backend "
         f"({persistence}): NON-DURABLE, a crash loses queued work and results. Records: each task's return value "
         f"in Redis (1 h expiry). Does not record: inputs, events, run state or history, in any database. "
-        f"W0 = canvas chain of {W0_STEPS} tasks sleeping {W0_STEP_MS} ms (the worker sends each next task); "
+        f"W0 = canvas chain of {W0_STEPS} tasks, {_w0_step()} (the worker sends each next task); "
         f"W1 = group of {W1_ITEMS} transform tasks, submitter collects with GroupResult.get(); "
         f"W2 = {runs} canvas chains of {W2_CHAIN} sent one by one, submitter waits with ResultSet.get(). "
         f"Client and worker on the same machine."
@@ -347,10 +356,19 @@ async def pgqueuer_worker() -> AsyncIterator[QueueManager]:
     pool = await asyncpg.create_pool(dsn, min_size=PGQ_POOL, max_size=PGQ_POOL, timeout=10)
     manager = QueueManager(Queries(AsyncpgDriver(connection)))
 
+    agent_url = os.environ.get(AGENT_URL_ENV, "")
+    agent = aiohttp.ClientSession() if agent_url else None  # keep-alive, as FlowForge's pool
+
     @manager.entrypoint("chain", accepts_context=False)
     async def chain_step(job: Job) -> None:
         payload = json.loads(job.payload or b"{}")
-        if payload["ms"]:
+        if payload["ms"] and agent is not None:
+            # W0's 10 ms are a call to the same test agent as FlowForge's agent steps.
+            url = f"{agent_url}/latency?ms={payload['ms']}"
+            async with agent.post(url, json={"input": {"i": payload["i"]}}) as answer:
+                answer.raise_for_status()
+                await answer.read()
+        elif payload["ms"]:
             await asyncio.sleep(payload["ms"] / 1000)
         output = {"i": payload["i"], "prev": payload["prev"]}
         async with pool.acquire() as conn, conn.transaction():
@@ -368,6 +386,8 @@ async def pgqueuer_worker() -> AsyncIterator[QueueManager]:
     try:
         yield manager
     finally:
+        if agent is not None:
+            await agent.close()
         await pool.close()
         await connection.close()
 
@@ -499,7 +519,7 @@ async def run_pgqueuer(workloads: list[str], repeats: int, runs: int, batch_size
             f"row (peer_results) and, in a chain, the next job in the same transaction; pgqueuer itself logs "
             f"each job's enqueue and final status in pgqueuer_log (the final one batched after the job). "
             f"Does not record: step inputs, events, or any run or parent record; no join (the submitter is the "
-            f"parent and collects). W0 = a chain of {W0_STEPS} jobs sleeping {W0_STEP_MS} ms, each enqueuing "
+            f"parent and collects). W0 = a chain of {W0_STEPS} jobs, {_w0_step()}, each enqueuing "
             f"the next; W1 = {W1_ITEMS} jobs enqueued by one batch INSERT, ends when the submitter has read "
             f"all {W1_ITEMS} results; W2 = {runs} chains of {W2_CHAIN} started by {runs} concurrent enqueue "
             f"calls (pool of {PGQ_SUBMIT_POOL}). The submitter polls the results every {POLL_S * 1000:.0f} ms."
@@ -594,8 +614,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000, help="chains of W2")
     parser.add_argument("--pgq-batch-size", type=int, default=100,
                         help="pgqueuer worker's batch_size: jobs per dequeue (pgq's default is 10; 100 did best here)")
+    parser.add_argument("--agent-url", default="",
+                        help="test agent W0's steps call (POST <url>/latency?ms=10) instead of sleeping")
     parser.add_argument("--pgqueuer-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.agent_url:
+        os.environ[AGENT_URL_ENV] = args.agent_url  # inherited by the workers
     if args.pgqueuer_worker:
         serve_pgqueuer(args.pgq_batch_size)
         return

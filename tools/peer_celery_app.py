@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+import requests
 from celery import Celery
 
 REDIS_URL = os.environ.get("FLOWFORGE_PEER_REDIS", "redis://127.0.0.1:6379/14")
@@ -31,10 +32,19 @@ app.conf.update(
 )
 
 
+# W0's steps call the same test agent as FlowForge's agent steps, when bench.py names it.
+AGENT_URL = os.environ.get("FLOWFORGE_PEER_AGENT_URL", "")
+_agent = requests.Session() if AGENT_URL else None  # keep-alive, as FlowForge's pool
+
+
 @app.task(name="peer.step")  # type: ignore[untyped-decorator]
 def step(prev: dict[str, Any] | None, i: int, ms: int) -> dict[str, Any]:
-    """One step of a chain (W0: `ms`=10, W2: 0); Celery passes the previous step's output first."""
-    if ms:
+    """One step of a chain (W0: `ms`=10, W2: 0); Celery passes the previous step's output first.
+    With an agent URL, the step's 10 ms are an HTTP call to the agent; else a sleep."""
+    if ms and _agent is not None:
+        answer = _agent.post(f"{AGENT_URL}/latency?ms={ms}", json={"input": {"i": i}}, timeout=10)
+        answer.raise_for_status()
+    elif ms:
         time.sleep(ms / 1000)
     return {"i": i, "prev": None if prev is None else prev["i"]}
 
