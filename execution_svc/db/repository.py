@@ -102,7 +102,8 @@ _STEP_UPDATE_COLUMNS = (
 # --- runs --------------------------------------------------------------------------------
 
 
-def _run_from_row(row: Row[Any]) -> RunRecord:
+def _run_from_row(row: Any) -> RunRecord:
+    """A run from a row of `runs` (a SQLAlchemy row, or a `_Columns` record)."""
     return RunRecord(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -251,6 +252,36 @@ _LIST_EVENTS = (
 )
 
 
+class _Columns:
+    """An asyncpg record read by attribute, as SQLAlchemy's rows are."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._record[name]
+
+
+_RUN_SQL = "SELECT * FROM runs WHERE tenant_id = $1 AND id = $2"
+_STEPS_SQL = "SELECT * FROM run_steps WHERE tenant_id = $1 AND run_id = $2"
+
+
+async def get_run_with_steps(
+    connection: Any, tenant_id: str, run_id: str
+) -> tuple[RunRecord, list[StepRecord]] | None:
+    """The run and its step rows, or None (PostgreSQL, on an asyncpg connection outside any
+    transaction: see `Database.autocommit`). The busiest read of the API, so it skips the
+    session machinery: two prepared statements, READ COMMITTED as in a read session."""
+    await _use_generic_plans(connection)
+    row = await connection.fetchrow(_RUN_SQL, tenant_id, run_id)
+    if row is None:
+        return None
+    steps = await connection.fetch(_STEPS_SQL, tenant_id, run_id)
+    return _run_from_row(_Columns(row)), [_step_from_row(_Columns(step)) for step in steps]
+
+
 async def get_run(session: AsyncSession, tenant_id: str, run_id: str) -> RunRecord | None:
     """The run, unlocked."""
     result = await session.execute(_GET_RUN, {"tenant_id": tenant_id, "run_id": run_id})
@@ -282,7 +313,8 @@ async def list_runs(
 # --- steps and attempts ------------------------------------------------------------------
 
 
-def _step_from_row(row: Row[Any]) -> StepRecord:
+def _step_from_row(row: Any) -> StepRecord:
+    """A step row from a row of `run_steps` (a SQLAlchemy row, or a `_Columns` record)."""
     return StepRecord(
         run_id=row.run_id,
         step_id=row.step_id,

@@ -332,6 +332,12 @@ class ExecutionEngine:
 
     async def get_run(self, tenant_id: str, run_id: str) -> RunView:
         """A run with a summary of its steps."""
+        if self._db.is_postgres:
+            async with self._db.autocommit() as connection:
+                found = await repo.get_run_with_steps(connection, tenant_id, run_id)
+            if found is None:
+                raise NotFoundError(f"run {run_id} not found")
+            return run_view(found[0], step_views(found[0], found[1]))
         async with self._db.read() as session:
             run = await self._get_run(session, tenant_id, run_id)
             rows = await repo.load_steps(session, tenant_id, run_id)
