@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.tokens",
     "tests.fixtures.stack",
     "tests.fixtures.test_agent",
+    "tests.edge.support",
 ]
 
 # Property tests run next to database suites on a 2-core CI box: time limits there would

@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -31,6 +32,7 @@ from flowforge.workflow.v1 import (
 from flowforge_common.auth import TokenVerifier
 from flowforge_common.errors import ERROR_DOMAIN
 from flowforge_common.grpc_server import GrpcServer, start_grpc_server
+from tests.fixtures.tokens import TokenFactory
 
 CREATED_AT = timestamp_pb2.Timestamp(seconds=1768473000)  # 2026-01-15T10:30:00Z
 SECRET_DETAIL = "db at 10.0.0.7:5432 said: password authentication failed"
@@ -367,3 +369,11 @@ def edge_settings(target: str, **overrides: Any) -> EdgeSettings:
         **overrides,
     }
     return EdgeSettings(**values)
+
+
+@pytest.fixture
+async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
+    """The echo services, started for one test (a plugin fixture: tests/conftest.py)."""
+    backend = await start_echo_backend(tokens.verifier())
+    yield backend
+    await backend.stop()

@@ -5,7 +5,6 @@ socket (error message, then close code 4401) and no service ever hears of it."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,17 +14,10 @@ from pytest_aiohttp import AiohttpClient
 
 from edge.app import create_app
 from edge.streams import WS_CLOSE_UNAUTHENTICATED
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import EchoBackend, edge_settings
 from tests.fixtures.tokens import TokenFactory
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture

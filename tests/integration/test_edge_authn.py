@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from pytest_aiohttp import AiohttpClient
 
 from auth_svc.domain.tokens import DEV_KEY_FILENAME
 from edge.app import create_app
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import EchoBackend, edge_settings
 from tests.fixtures.databases import DatabaseTarget
 from tests.fixtures.stack import Stack
 from tests.fixtures.tokens import AUDIENCE, ISSUER, TokenFactory
@@ -73,13 +73,6 @@ BAD_TOKENS: dict[str, Callable[[Ed25519PrivateKey, str], str]] = {
     "another key claiming the kid": lambda _k, kid: eddsa(Ed25519PrivateKey.generate(), kid),
     "not a JWT": lambda _k, _kid: "not-a-jwt",
 }
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture

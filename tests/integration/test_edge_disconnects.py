@@ -20,19 +20,12 @@ from edge.app import create_app, runner_options
 from edge.metrics import METRICS_KEY
 from edge.middlewares import ACCESS_LOGGER_NAME
 from edge.streams import OPEN_STREAMS_KEY
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import EchoBackend, edge_settings
 from tests.fixtures.tokens import TokenFactory
 
 # Far longer than the one second the tests allow: only the disconnect itself can end the calls.
 HEARTBEAT_SECONDS = 30.0
 DEADLINE_SECONDS = 30.0
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture

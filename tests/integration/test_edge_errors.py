@@ -4,7 +4,6 @@ details), the edge's own 404/405/400/413/415/500, request ids, and the headers o
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import pytest
@@ -13,18 +12,11 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from edge.app import create_app
-from tests.edge.support import SECRET_DETAIL, EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import SECRET_DETAIL, EchoBackend, edge_settings
 from tests.fixtures.tokens import TokenFactory
 
 Client = TestClient[Any, Any]
 PROBLEM_KEYS = {"type", "title", "status", "detail", "request_id"}
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,17 +13,9 @@ from pytest_aiohttp import AiohttpClient
 from edge.app import create_app
 from edge.pathtemplate import PathTemplate
 from edge.upstream import SERVICES
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
-from tests.fixtures.tokens import TokenFactory
+from tests.edge.support import EchoBackend, edge_settings
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,18 +15,11 @@ from pytest_aiohttp import AiohttpClient
 
 from edge.app import create_app
 from edge.ratelimit import MemoryLimiter, RateLimiter
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import EchoBackend, edge_settings
 from tests.fixtures.databases import REDIS_URL
 from tests.fixtures.tokens import TokenFactory
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 async def edge(aiohttp_client: AiohttpClient, backend: EchoBackend, **overrides: Any) -> Client:

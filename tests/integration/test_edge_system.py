@@ -14,7 +14,7 @@ from edge.app import create_app
 from execution_svc.server import create_server
 from execution_svc.settings import ExecutionSettings
 from flowforge_common.service import RunningService
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import EchoBackend, edge_settings
 from tests.fixtures.databases import DatabaseTarget
 from tests.fixtures.tokens import TokenFactory
 
@@ -35,13 +35,6 @@ async def execution(database: DatabaseTarget, tokens: TokenFactory) -> AsyncIter
     service = await create_server(settings, verifier=tokens.verifier())
     yield service
     await service.stop(0)
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture

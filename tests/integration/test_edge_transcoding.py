@@ -3,7 +3,6 @@ path, query, body and header transcoding, success codes, response shapes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,17 +12,10 @@ from pytest_aiohttp import AiohttpClient
 from edge.app import create_app
 from flowforge.execution.v1 import execution_pb2
 from flowforge.workflow.v1 import agent_pb2
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import EchoBackend, edge_settings
 from tests.fixtures.tokens import TokenFactory
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ cannot write anything; an API key limited to `runs:execute` can run workflows bu
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from edge.app import create_app
 from edge.transcoder import HttpBinding, bindings_for
 from edge.upstream import SERVICES
 from flowforge_common.auth import ALL_SCOPES
-from tests.edge.support import EchoBackend, edge_settings, start_echo_backend
+from tests.edge.support import EchoBackend, edge_settings
 from tests.fixtures.stack import Stack
 from tests.fixtures.tokens import TokenFactory
 
@@ -31,13 +30,6 @@ def scoped_routes() -> list[HttpBinding]:
 
 def concrete(binding: HttpBinding) -> str:
     return _VARIABLE.sub("x1", binding.template.aiohttp_path())
-
-
-@pytest.fixture
-async def backend(tokens: TokenFactory) -> AsyncIterator[EchoBackend]:
-    backend = await start_echo_backend(tokens.verifier())
-    yield backend
-    await backend.stop()
 
 
 @pytest.fixture
