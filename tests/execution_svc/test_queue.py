@@ -251,21 +251,27 @@ async def test_total_timeout_bounds_retries(manual: Manual) -> None:
     assert "busy" in run.error.message
 
 
-async def test_a_result_written_from_a_kept_state_never_overwrites_another_engines_change(
-    manual: Manual, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Engine A keeps the state it committed; engine B (another process) then changes the
-    run. A's next result must not be written over B's change: on PostgreSQL the one-statement
-    save's gate stays shut and A takes the locking path."""
-    gates: list[bool] = []
+@pytest.fixture
+def gates(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each gated one-statement save opened (True) or stayed shut (False)."""
+    opened: list[bool] = []
     gated_save = repo.save_states_if_current
 
     async def spy(*args: Any, **kwargs: Any) -> Any:
         leased = await gated_save(*args, **kwargs)
-        gates.append(leased is not None)
+        opened.append(leased is not None)
         return leased
 
     monkeypatch.setattr(repo, "save_states_if_current", spy)
+    return opened
+
+
+async def test_a_result_written_from_a_kept_state_never_overwrites_another_engines_change(
+    manual: Manual, gates: list[bool]
+) -> None:
+    """Engine A keeps the state it committed; engine B (another process) then changes the
+    run. A's next result must not be written over B's change: on PostgreSQL the one-statement
+    save's gate stays shut and A takes the locking path."""
     other = ExecutionEngine(
         manual.db, InProcessNotifier(), clock=manual.clock, config=EngineConfig(lease_seconds=10), rng=random.Random(2)
     )
@@ -285,18 +291,7 @@ async def test_a_result_written_from_a_kept_state_never_overwrites_another_engin
         assert gates[-1] is False
 
 
-async def test_a_sequential_run_commits_each_result_in_one_gated_statement(
-    manual: Manual, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gates: list[bool] = []
-    gated_save = repo.save_states_if_current
-
-    async def spy(*args: Any, **kwargs: Any) -> Any:
-        leased = await gated_save(*args, **kwargs)
-        gates.append(leased is not None)
-        return leased
-
-    monkeypatch.setattr(repo, "save_states_if_current", spy)
+async def test_a_sequential_run_commits_each_result_in_one_gated_statement(manual: Manual, gates: list[bool]) -> None:
     run_id = await manual.start(agent_step("a"), agent_step("b", "a"), agent_step("c", "b"))
     [current] = await manual.claim_and_start("w1")
     for step_id in ("a", "b", "c"):
