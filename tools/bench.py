@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from execution_svc.settings import ExecutionSettings  # noqa: E402
 from flowforge_common import db  # noqa: E402
 from flowforge_common.orm import utcnow  # noqa: E402
 from flowforge_common.runtime import tune_gc  # noqa: E402
+from tests.fixtures.ports import free_port  # noqa: E402
 
 ADMIN_DSN = os.environ.get("FLOWFORGE_BENCH_PG_ADMIN", "postgresql://127.0.0.1:5432/postgres")
 TENANT = "ten_bench"
@@ -272,12 +272,6 @@ async def w3(bench: Bench, runs: int) -> None:
 # --- setup ----------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve_agent(port: int) -> None:
     """Child process: the test agent plus `/_stats` and `/_reset`."""
     from aiohttp import web
@@ -302,7 +296,7 @@ def serve_agent(port: int) -> None:
 
 
 def start_agent() -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, __file__, "--serve-agent", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

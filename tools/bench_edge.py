@@ -49,7 +49,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,8 +66,12 @@ import asyncpg
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fixtures.ports import free_port  # noqa: E402
+from tests.fixtures.processes import MODULES, stack_environment  # noqa: E402
+
 ADMIN_DSN = os.environ.get("FLOWFORGE_BENCH_PG_ADMIN", "postgresql://127.0.0.1:5432/postgres")
-SERVICES = (("auth", "auth_svc"), ("workflow", "workflow_svc"), ("execution", "execution_svc"), ("edge", "edge"))
 PASSWORD = "correct-horse-battery"
 API = "/api/v1"
 SIGNAL = "go"
@@ -192,12 +195,6 @@ class CpuMeter:
 # =============================================================================================
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Stack:
     """The four FlowForge processes."""
@@ -222,31 +219,19 @@ class Stack:
 
 def start_stack(database_url: str, work_dir: Path, log_level: str, log_format: str) -> Stack:
     """Starts auth, workflow, execution and the edge on free ports, logs in `work_dir`."""
-    ports = {name: free_port() for name, _ in SERVICES}
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("FLOWFORGE_")}
-    env = {k: v for k, v in inherited.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    ports = {name: free_port() for name in MODULES}
+    env = stack_environment(work_dir / "data", database_url, ports)
     env.update(
-        DATABASE_URL=database_url,
-        FLOWFORGE_DATA_DIR=str(work_dir / "data"),
-        FLOWFORGE_AGENT_NETWORK="allow-private",
-        FLOWFORGE_AUTH_PORT=str(ports["auth"]),
-        FLOWFORGE_WORKFLOW_PORT=str(ports["workflow"]),
-        FLOWFORGE_EXECUTION_PORT=str(ports["execution"]),
-        FLOWFORGE_EDGE_PORT=str(ports["edge"]),
-        FLOWFORGE_AUTH_TARGET=f"127.0.0.1:{ports['auth']}",
-        FLOWFORGE_WORKFLOW_TARGET=f"127.0.0.1:{ports['workflow']}",
-        FLOWFORGE_EXECUTION_TARGET=f"127.0.0.1:{ports['execution']}",
         # The bench measures the edge, not its limiter; tokens outlive a long run.
         FLOWFORGE_RATE_LIMIT_ENABLED="false",
         FLOWFORGE_ACCESS_TOKEN_TTL_SECONDS="7200",
         FLOWFORGE_LOG_LEVEL=log_level,
         FLOWFORGE_LOG_FORMAT=log_format,
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "generated")]),
     )
     log_dir = work_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    for name, module in SERVICES:
+    for name, module in MODULES.items():
         with (log_dir / f"{name}.log").open("wb") as sink:
             # Own session: a Ctrl-C reaches this script, which stops the children itself.
             processes[name] = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,9 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-MODULES = {"auth": "auth_svc", "workflow": "workflow_svc", "execution": "execution_svc", "edge": "edge"}
+from tests.fixtures.processes import MODULES, ROOT, stack_environment
 
 
 @dataclass
@@ -57,23 +54,7 @@ def _wait_ready(stack: Stack, timeout: float = 60.0) -> None:
 def start_stack(data_dir: Path, database_url: str | None) -> Stack:
     """Starts auth, workflow, execution and edge as separate processes on free ports."""
     ports = {name: free_port() for name in MODULES}
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("FLOWFORGE_") and k not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    env.update(
-        FLOWFORGE_DATA_DIR=str(data_dir),
-        FLOWFORGE_AGENT_NETWORK="allow-private",
-        FLOWFORGE_AUTH_PORT=str(ports["auth"]),
-        FLOWFORGE_WORKFLOW_PORT=str(ports["workflow"]),
-        FLOWFORGE_EXECUTION_PORT=str(ports["execution"]),
-        FLOWFORGE_EDGE_PORT=str(ports["edge"]),
-        FLOWFORGE_AUTH_TARGET=f"127.0.0.1:{ports['auth']}",
-        FLOWFORGE_WORKFLOW_TARGET=f"127.0.0.1:{ports['workflow']}",
-        FLOWFORGE_EXECUTION_TARGET=f"127.0.0.1:{ports['execution']}",
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "generated")]),
-    )
-    if database_url:
-        env["DATABASE_URL"] = database_url
+    env = stack_environment(data_dir, database_url, ports)
     processes = {
         name: subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT, start_new_session=True)
         for name, module in MODULES.items()
