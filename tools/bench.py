@@ -395,8 +395,8 @@ def run_edge(parts: list[str], subscribers: int) -> list[Row]:
         print(f"W4/W5 not measured: {exc}", file=sys.stderr)
         return [Row("W4/W5", "not measured", str(exc)[:60])]
 
-    def ms(value: Any) -> str:
-        return f"{value:.1f}" if isinstance(value, int | float) else f"failed: {value!r}"
+    def ms(value: Any, digits: int = 1) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, int | float) else f"failed: {value!r}"
 
     rows: list[Row] = []
     if "W4" in parts:
@@ -412,14 +412,25 @@ def run_edge(parts: list[str], subscribers: int) -> list[Row]:
         ]
     if "W5" in parts:
         w5 = report.get("W5") or {}
+        cores = os.cpu_count() or 1
         for key, label, slo in (("start", "start runs (POST execute)", 30), ("read", "read runs (GET run)", 20)):
             part = w5.get(key) or {}
             within = (part.get("detail") or {}).get("within_slo") or {}
-            rate = f"{part.get('target_rps', 0):,.0f} req/s (achieved {part.get('achieved_rps')})"
+            target = part.get("target_rps") or 0
+            rate = f"{target:,.0f} req/s (achieved {part.get('achieved_rps')})"
             rows += [
                 Row(f"W5 {label}", f"p99 ms at {rate}", ms(part.get("p99_ms")), f"<= {slo}"),
-                Row("", f"highest req/s with p99 <= {slo} ms", f"{within.get('rps', 'n/a')}",
-                    f"{part.get('target_rps', 0):,.0f}"),
+                Row("", f"highest req/s with p99 <= {slo} ms", f"{within.get('rps', 'n/a')}", f"{target:,.0f}"),
+                Row("", f"machine CPU ms per request (all processes) vs {cores} cores at target",
+                    ms(part.get("cpu_ms_per_request"), 2), f"< {cores * 1000 / target:.2f}" if target else ""),
+            ]
+        bare = w5.get("floor") or {}
+        if bare:
+            rows += [
+                Row("W5 floor: bare aiohttp -> grpc.aio hop", f"p99 ms at {bare.get('target_rps', 0):,.0f} req/s "
+                    f"(achieved {bare.get('achieved_rps')})", ms(bare.get("p99_ms")), "<= 20"),
+                Row("(no auth, no database, no mapping)", "machine CPU ms per request (all processes)",
+                    ms(bare.get("cpu_ms_per_request"), 2)),
             ]
     return rows
 

@@ -447,17 +447,22 @@ class Child:
 def child_main(role: str) -> int:
     """Entry of a `--role` child: one JSON config line on stdin."""
     signal.signal(signal.SIGTERM, lambda *_: os._exit(1))
-    loop_name = fast_loop()
     config = json.loads(sys.stdin.readline())
-    config["loop"] = loop_name
-    # Clients are scheduled promptly when the machine is saturated, so their receive times
-    # are not delayed by the run queue (they use little CPU; root only, else ignored).
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, CLIENT_NICE)
+    if role in {"sse", "load"}:
+        # The floor's servers run like FlowForge's services: the default loop, default priority.
+        config["loop"] = fast_loop()
+        # Clients are scheduled promptly when the machine is saturated, so their receive times
+        # are not delayed by the run queue (they use little CPU; root only, else ignored).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, CLIENT_NICE)
     if role == "sse":
         asyncio.run(sse_child(config))
     elif role == "load":
         asyncio.run(load_child(config))
+    elif role == "floor-grpc":
+        asyncio.run(floor_grpc(config))
+    elif role == "floor-edge":
+        asyncio.run(floor_edge(config))
     else:
         raise SystemExit(f"unknown role {role}")
     return 0
@@ -1116,10 +1121,14 @@ def raw_request(method: str, path: str, host: str, port: int, token: str, body: 
     return "\r\n".join(lines) + "\r\n\r\n" + payload
 
 
-async def open_loop(stack: Stack, requests: list[str], rate: float, seconds: float, args: argparse.Namespace) -> Json:
+async def open_loop(
+    port: int, pids: dict[str, int], requests: list[str], rate: float, seconds: float, args: argparse.Namespace
+) -> Json:
+    """One open-loop run against 127.0.0.1:`port`, with the CPU of `pids` (and PostgreSQL's, and
+    the machine's) over it."""
     config = {
         "host": "127.0.0.1",
-        "port": stack.ports["edge"],
+        "port": port,
         "requests": requests,
         "rate": rate,
         "seconds": seconds,
@@ -1128,15 +1137,7 @@ async def open_loop(stack: Stack, requests: list[str], rate: float, seconds: flo
         "warm_connections": min(32, args.max_connections),
     }
     child = await Child.spawn("load", config, "load generator")
-    meter = CpuMeter(
-        {
-            "edge": stack.pid("edge"),
-            "execution": stack.pid("execution"),
-            "auth": stack.pid("auth"),
-            "workflow": stack.pid("workflow"),
-            "generator": child.pid,
-        }
-    )
+    meter = CpuMeter({**pids, "generator": child.pid})
     meter.start()
     try:
         result = await child.receive(within=seconds + 60)
@@ -1144,13 +1145,28 @@ async def open_loop(stack: Stack, requests: list[str], rate: float, seconds: flo
         cpu = meter.stop()
         await child.stop()
     result["cpu_pct"] = cpu
+    result["cpu_ms_per_request"] = cpu_ms_per_request(cpu, result.get("achieved_rps"))
     return result
+
+
+def cpu_ms_per_request(cpu: Json, achieved_rps: float | None) -> float | None:
+    """CPU time the whole machine spent per answered request (every process and the kernel:
+    what a request costs against the machine's `cores` x 1,000 ms per second)."""
+    if not achieved_rps:
+        return None
+    return round(cpu["machine_busy_pct"] / 100 * cpu["cores"] * 1000 / achieved_rps, 3)
+
+
+def stack_pids(stack: Stack) -> dict[str, int]:
+    return {name: stack.pid(name) for name in ("edge", "execution", "auth", "workflow")}
 
 
 SLO_P99_MS = {"start": 30.0, "read": 20.0}
 
 
-async def search_rate(stack: Stack, requests: list[str], first: Json, slo_ms: float, args: argparse.Namespace) -> Json:
+async def search_rate(
+    port: int, pids: dict[str, int], requests: list[str], first: Json, slo_ms: float, args: argparse.Namespace
+) -> Json:
     """Highest rate (of a few 5-second probes, bisecting below what the target run achieved)
     whose p99 meets the SLO, for the "req/s at p99" figure."""
     if first.get("p99_ms") is not None and first["p99_ms"] <= slo_ms and not first["errors"]:
@@ -1161,7 +1177,7 @@ async def search_rate(stack: Stack, requests: list[str], first: Json, slo_ms: fl
     for _ in range(args.search_probes):
         rate = round((low + high) / 2 if low else high * 0.6, 1)
         await asyncio.sleep(2)
-        probe = await open_loop(stack, requests, rate, 5.0, args)
+        probe = await open_loop(port, pids, requests, rate, 5.0, args)
         probes.append([rate, probe["p99_ms"], probe["achieved_rps"]])
         log(f"  probe {rate} req/s: p99 {probe['p99_ms']} ms, achieved {probe['achieved_rps']}")
         if probe["p99_ms"] is not None and probe["p99_ms"] <= slo_ms and not probe["errors"]:
@@ -1239,20 +1255,17 @@ async def w5(args: argparse.Namespace, stack: Stack, api: Api, work_dir: Path) -
             f"{API}/workflows/{workflow_id}/execute",
         ),
     ]
+    port, pids = stack.ports["edge"], stack_pids(stack)
     for name, rate, requests, body, path in parts:
         if args.only_w5 and name not in args.only_w5:
             continue
         try:
             stack.check_alive()
-            log(f"W5 {name}: warm-up {args.warmup_seconds}s at {rate / 4:.0f} req/s")
-            await open_loop(stack, requests, rate / 4, args.warmup_seconds, args)
-            await asyncio.sleep(1)
-            log(f"W5 {name}: {rate:.0f} req/s for {args.w5_seconds}s")
-            result = await open_loop(stack, requests, rate, args.w5_seconds, args)
-            summary = w5_summary(result, tool)
-            log(f"W5 {name}: {json.dumps({k: summary[k] for k in summary if k != 'detail'})}")
+            summary = await rate_part(name, port, pids, requests, rate, args, tool)
             if args.search:
-                summary["detail"]["within_slo"] = await search_rate(stack, requests, result, SLO_P99_MS[name], args)
+                summary["detail"]["within_slo"] = await search_rate(
+                    port, pids, requests, summary["detail"]["run"], SLO_P99_MS[name], args
+                )
             if args.crosscheck:
                 await asyncio.sleep(2)
                 summary["detail"]["closed_loop_crosscheck"] = await asyncio.to_thread(
@@ -1269,7 +1282,86 @@ async def w5(args: argparse.Namespace, stack: Stack, api: Api, work_dir: Path) -
                 "error": f"{type(exc).__name__}: {exc}",
             }
         await asyncio.sleep(2)
+    if not args.only_w5 or "floor" in args.only_w5:
+        out["floor"] = await floor(args.read_rps, args, tool)
     return out
+
+
+async def rate_part(
+    name: str, port: int, pids: dict[str, int], requests: list[str], rate: float, args: argparse.Namespace, tool: str
+) -> Json:
+    """A warm-up at a quarter of `rate`, then `rate` for `--w5-seconds`: the summary."""
+    log(f"W5 {name}: warm-up {args.warmup_seconds}s at {rate / 4:.0f} req/s")
+    await open_loop(port, pids, requests, rate / 4, args.warmup_seconds, args)
+    await asyncio.sleep(1)
+    log(f"W5 {name}: {rate:.0f} req/s for {args.w5_seconds}s")
+    result = await open_loop(port, pids, requests, rate, args.w5_seconds, args)
+    summary = w5_summary(result, tool)
+    summary["cpu_ms_per_request"] = result["cpu_ms_per_request"]
+    summary["detail"]["run"] = {k: result.get(k) for k in ("target_rps", "achieved_rps", "p99_ms", "errors")}
+    log(f"W5 {name}: {json.dumps({k: summary[k] for k in summary if k != 'detail'})}")
+    return summary
+
+
+async def floor(rate: float, args: argparse.Namespace, tool: str) -> Json:
+    """The bare hop under every read of W5, with nothing of FlowForge's in it: an aiohttp
+    handler (no middleware, no access log) making one grpc.aio unary call (the standard health
+    `Check`) to a grpc.aio server in another process and answering a small JSON object, driven
+    by the same generator at the read rate. Its CPU per request is what any edge -> service
+    read costs on this machine before authentication, rate limiting, a database query and the
+    JSON mapping of a run; `cores x 1,000 / rate` ms is what there is."""
+    grpc_port, http_port = free_port(), free_port()
+    server = await Child.spawn("floor-grpc", {"port": grpc_port}, "floor gRPC server")
+    edge = await Child.spawn("floor-edge", {"port": http_port, "grpc_port": grpc_port}, "floor edge")
+    try:
+        for child in (server, edge):
+            await child.receive(within=30)
+        request = raw_request("GET", f"{API}/runs/floor", "127.0.0.1", http_port, "floor")
+        pids = {"floor_edge": edge.pid, "floor_grpc": server.pid}
+        summary = await rate_part("floor", http_port, pids, [request], rate, args, tool)
+    finally:
+        for child in (edge, server):
+            with contextlib.suppress(ProcessLookupError):
+                child.process.terminate()
+            await child.stop()
+    summary["detail"]["what"] = "aiohttp handler -> grpc.aio health Check in another process -> small JSON"
+    return summary
+
+
+async def floor_grpc(config: Json) -> None:
+    """`--role floor-grpc`: the standard health servicer on grpc.aio, nothing else."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{config['port']}")
+    await server.start()
+    emit({"ready": True})
+    await server.wait_for_termination()
+
+
+async def floor_edge(config: Json) -> None:
+    """`--role floor-edge`: one aiohttp route making one unary call per request."""
+    import grpc
+    from aiohttp import web
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{config['grpc_port']}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    question = health_pb2.HealthCheckRequest(service="")
+
+    async def read(request: web.Request) -> web.Response:
+        answer = await stub.Check(question, timeout=10)
+        return web.json_response({"id": request.match_info["run_id"], "status": int(answer.status)})
+
+    app = web.Application()
+    app.router.add_get(f"{API}/runs/{{run_id}}", read)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(config["port"])).start()
+    emit({"ready": True})
+    await asyncio.Event().wait()
 
 
 # =============================================================================================
@@ -1346,7 +1438,7 @@ async def bench(args: argparse.Namespace, fd_limit: int) -> Json:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--only", default="W4,W5", help="comma-separated: W4, W5, W5.start, W5.read")
+    parser.add_argument("--only", default="W4,W5", help="comma-separated: W4, W5, W5.start, W5.read, W5.floor")
     parser.add_argument("--subscribers", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=200, help="W4 live runs the subscribers are spread over")
     parser.add_argument("--signal-rate", type=float, default=50.0, help="W4 signals (commits) per second")
@@ -1368,7 +1460,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", default="text", help="FLOWFORGE_LOG_FORMAT of the services (text, json)")
     parser.add_argument("--part-timeout", type=float, default=900.0, help="upper bound of W4 and of W5")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temporary directory with service logs")
-    parser.add_argument("--role", choices=["sse", "load"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["sse", "load", "floor-grpc", "floor-edge"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     wanted = {part.strip().upper() for part in args.only.split(",") if part.strip()}
     args.only = {part.split(".")[0] for part in wanted}
