@@ -337,7 +337,8 @@ class ExecutionEngine:
                 found = await repo.get_run_with_steps(connection, tenant_id, run_id)
             if found is None:
                 raise NotFoundError(f"run {run_id} not found")
-            return run_view(found[0], step_views(found[0], found[1]))
+            run, rows, order = found
+            return run_view(run, step_views(run, rows, order=order))
         async with self._db.read() as session:
             run = await self._get_run(session, tenant_id, run_id)
             rows = await repo.load_steps(session, tenant_id, run_id)

@@ -28,9 +28,13 @@ def _definition_order(run: RunRecord) -> list[str]:
 
 
 def step_views(
-    run: RunRecord, rows: Iterable[StepRecord], attempts: Iterable[AttemptRecord] = ()
+    run: RunRecord,
+    rows: Iterable[StepRecord],
+    attempts: Iterable[AttemptRecord] = (),
+    order: Sequence[str] | None = None,
 ) -> tuple[StepView, ...]:
-    """Steps in definition order, each with its attempts and `for_each` items."""
+    """Steps in definition order (`order`, else read from the run's snapshot), each with its
+    attempts and `for_each` items."""
     by_row: dict[tuple[str, int], list[AttemptView]] = {}
     for record in attempts:
         by_row.setdefault((record.step_id, record.item_index), []).append(
@@ -61,7 +65,7 @@ def step_views(
         )
 
     result = []
-    for step_id in _definition_order(run):
+    for step_id in _definition_order(run) if order is None else order:
         parent = parents.get(step_id)
         if parent is None:
             continue

@@ -628,3 +628,40 @@ async def test_watch_run_replays_history_then_follows_live(harness: Harness) -> 
     final = await harness.events(run.id)
     assert seen == [e.seq for e in final if e.seq > 2]
     assert final[-1].type == "workflow.completed"
+
+
+async def test_get_run_reads_what_the_step_listing_reads(harness: Harness) -> None:
+    """GetRun's one-statement read (PostgreSQL: the run without its snapshot, the step order
+    from it, the step rows as an array) answers the same steps, in definition order with
+    items in index order, as the transactional read behind ListSteps."""
+    wf = workflow(
+        {"id": "zeta", "type": "transform", "input": {"n": "{{ input.n }}"}},
+        {
+            "id": "alpha",
+            "type": "transform",
+            "depends_on": ["zeta"],
+            "for_each": "{{ input.items }}",
+            "input": "{{ item }}",
+        },
+        {"id": "mid", "type": "transform", "depends_on": ["zeta"], "when": "{{ input.big }}", "input": 1},
+        output={"items": "{{ steps.alpha.output }}"},
+    )
+    run = await harness.run(wf, {"n": 3, "big": False, "items": ["c", "a", "b", "d", "e", "f", "g", "h", "i", "j", "k", "l"]})
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    read = await harness.engine.get_run(TENANT, run.id)
+    listed = await harness.engine.list_steps(TENANT, run.id)
+
+    def without_attempts(step: Any) -> Any:
+        return replace(step, attempts=(), items=tuple(without_attempts(item) for item in step.items))
+
+    assert [step.step_id for step in read.steps] == ["zeta", "alpha", "mid"]
+    assert [item.index for item in read.steps[1].items] == list(range(12))
+    assert [item.output for item in read.steps[1].items] == ["c", "a", "b", "d", "e", "f", "g", "h", "i", "j", "k", "l"]
+    assert read.steps[2].status is StepStatus.SKIPPED
+    assert list(read.steps) == [without_attempts(step) for step in listed]
+    assert (read.id, read.status, read.output, read.workflow_version) == (
+        run.id,
+        RunStatus.SUCCEEDED,
+        {"items": ["c", "a", "b", "d", "e", "f", "g", "h", "i", "j", "k", "l"]},
+        run.workflow_version,
+    )
