@@ -1154,7 +1154,7 @@ def cpu_ms_per_request(cpu: Json, achieved_rps: float | None) -> float | None:
     what a request costs against the machine's `cores` x 1,000 ms per second)."""
     if not achieved_rps:
         return None
-    return round(cpu["machine_busy_pct"] / 100 * cpu["cores"] * 1000 / achieved_rps, 3)
+    return round(float(cpu["machine_busy_pct"]) / 100 * float(cpu["cores"]) * 1000 / achieved_rps, 3)
 
 
 def stack_pids(stack: Stack) -> dict[str, int]:

@@ -646,7 +646,8 @@ async def test_get_run_reads_what_the_step_listing_reads(harness: Harness) -> No
         {"id": "mid", "type": "transform", "depends_on": ["zeta"], "when": "{{ input.big }}", "input": 1},
         output={"items": "{{ steps.alpha.output }}"},
     )
-    run = await harness.run(wf, {"n": 3, "big": False, "items": ["c", "a", "b", "d", "e", "f", "g", "h", "i", "j", "k", "l"]})
+    letters = list("cabdefghijkl")
+    run = await harness.run(wf, {"n": 3, "big": False, "items": letters})
     assert run.status is RunStatus.SUCCEEDED, run.error
     read = await harness.engine.get_run(TENANT, run.id)
     listed = await harness.engine.list_steps(TENANT, run.id)
@@ -656,12 +657,12 @@ async def test_get_run_reads_what_the_step_listing_reads(harness: Harness) -> No
 
     assert [step.step_id for step in read.steps] == ["zeta", "alpha", "mid"]
     assert [item.index for item in read.steps[1].items] == list(range(12))
-    assert [item.output for item in read.steps[1].items] == ["c", "a", "b", "d", "e", "f", "g", "h", "i", "j", "k", "l"]
+    assert [item.output for item in read.steps[1].items] == letters
     assert read.steps[2].status is StepStatus.SKIPPED
     assert list(read.steps) == [without_attempts(step) for step in listed]
     assert (read.id, read.status, read.output, read.workflow_version) == (
         run.id,
         RunStatus.SUCCEEDED,
-        {"items": ["c", "a", "b", "d", "e", "f", "g", "h", "i", "j", "k", "l"]},
+        {"items": letters},
         run.workflow_version,
     )
