@@ -11,6 +11,7 @@ never waits (`SKIP LOCKED`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -518,8 +519,7 @@ def fits_one_statement(states: Sequence[RunState]) -> bool:
     """Whether `states` can be written by the one-statement save (PostgreSQL). Deleted step
     rows and whole-run queue operations take the general path."""
     return all(
-        not state.deleted and all(isinstance(op, UpsertTask | DeleteTask) for op in state.task_ops)
-        for state in states
+        not state.deleted and all(isinstance(op, UpsertTask | DeleteTask) for op in state.task_ops) for state in states
     )
 
 
@@ -568,69 +568,72 @@ def _assignments(columns: str, keys: set[str]) -> str:
 
 
 # Everything a transaction changed, written by one statement (one round trip): data-modifying
-# CTEs, each fed by one array of the JSON parameter. The text never changes, so it is prepared
-# once per connection. PostgreSQL only; SQLite takes the statement-per-kind path.
-_SAVE_CTES = f"""
-new_runs AS (
+# CTEs, each fed by one array of the JSON parameter, named by that array's key. A statement holds
+# only the CTEs whose arrays are non-empty (an empty one still costs its plan node and its
+# execution: about a third of a completion's statement), so there are a few texts, each
+# prepared once per connection. PostgreSQL only; SQLite takes the statement-per-kind path.
+_WRITE_CTES: dict[str, str] = {
+    "new_runs": f"""
     INSERT INTO runs ({_RUN_COLUMNS})
     SELECT {_RUN_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_runs' FROM d)) AS x({_RUN_RECORD})
-),
-changed_runs AS (
+""",
+    "changed_runs": f"""
     UPDATE runs AS r SET {
-    _assignments(
-        _RUN_COLUMNS,
-        {
-            "id",
-            "tenant_id",
-            "workflow_id",
-            "workflow_name",
-            "workflow_version",
-            "workflow",
-            "input",
-            "trigger",
-            "triggered_by",
-            "parent_run_id",
-            "parent_step_id",
-            "created_at",
-        },
-    )
-}
+        _assignments(
+            _RUN_COLUMNS,
+            {
+                "id",
+                "tenant_id",
+                "workflow_id",
+                "workflow_name",
+                "workflow_version",
+                "workflow",
+                "input",
+                "trigger",
+                "triggered_by",
+                "parent_run_id",
+                "parent_step_id",
+                "created_at",
+            },
+        )
+    }
     FROM jsonb_to_recordset((SELECT j->'changed_runs' FROM d)) AS x({_RUN_RECORD})
     -- `= ANY($2)` makes the primary key find the rows: the planner cannot see how few the
     -- JSON holds and would otherwise scan the table.
     WHERE r.id = ANY($2::text[]) AND r.tenant_id = x.tenant_id AND r.id = x.id
-),
-new_steps AS (
+""",
+    "new_steps": f"""
     INSERT INTO run_steps ({_STEP_COLUMNS})
     SELECT {_STEP_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_steps' FROM d)) AS x({_STEP_RECORD})
-),
-changed_steps AS (
+""",
+    "changed_steps": f"""
     UPDATE run_steps AS s SET {_assignments(_STEP_COLUMNS, {"run_id", "tenant_id", "step_id", "item_index"})}
     FROM jsonb_to_recordset((SELECT j->'changed_steps' FROM d)) AS x({_STEP_RECORD})
     WHERE s.tenant_id = x.tenant_id AND s.run_id = x.run_id AND s.step_id = x.step_id
       AND s.item_index = x.item_index
-),
-new_attempts AS (
+""",
+    "new_attempts": f"""
     INSERT INTO step_attempts ({_ATTEMPT_COLUMNS})
     SELECT {_ATTEMPT_COLUMNS} FROM jsonb_to_recordset((SELECT j->'new_attempts' FROM d)) AS x({_ATTEMPT_RECORD})
-),
-changed_attempts AS (
+""",
+    "changed_attempts": f"""
     UPDATE step_attempts AS a SET status = x.status, error = x.error, completed_at = x.completed_at
     FROM jsonb_to_recordset((SELECT j->'changed_attempts' FROM d)) AS x({_ATTEMPT_RECORD})
     WHERE a.tenant_id = x.tenant_id AND a.run_id = x.run_id AND a.step_id = x.step_id
       AND a.item_index = x.item_index AND a.attempt = x.attempt
-),
-new_events AS (
+""",
+    "events": f"""
     INSERT INTO events ({_EVENT_COLUMNS})
     SELECT {_EVENT_COLUMNS} FROM jsonb_to_recordset((SELECT j->'events' FROM d)) AS x({_EVENT_RECORD})
-),
-deleted_tasks AS (
+""",
+    "deleted_tasks": """
     DELETE FROM tasks AS t
     USING jsonb_to_recordset((SELECT j->'deleted_tasks' FROM d))
         AS x(tenant_id varchar, run_id varchar, step_id varchar, item_index int)
     WHERE t.tenant_id = x.tenant_id AND t.run_id = x.run_id AND t.step_id = x.step_id
       AND t.item_index = x.item_index
-)"""
+""",
+}
 _UPSERT_TASKS_SQL = f"""
 INSERT INTO tasks ({_TASK_COLUMNS})
 SELECT {_TASK_COLUMNS} FROM jsonb_to_recordset((SELECT j->'tasks' FROM d)) AS x({_TASK_RECORD})
@@ -642,16 +645,33 @@ ON CONFLICT (run_id, step_id, item_index) DO UPDATE SET
     -- A re-queued task gets a new token: whoever held it before is fenced off.
     fencing_token = tasks.fencing_token + 1
 RETURNING id, run_id, step_id, item_index, fencing_token"""
-_SAVE_SQL = f"WITH d AS (SELECT $1::text::jsonb AS j),{_SAVE_CTES}{_UPSERT_TASKS_SQL}"
+_NO_UPSERT_COLUMNS = (
+    "NULL::varchar AS id, NULL::varchar AS run_id, NULL::varchar AS step_id, NULL::int AS item_index, "
+    "NULL::bigint AS fencing_token"
+)
+# $2 (the changed runs' ids) is named in `d` so that its type is known when no CTE uses it.
+_PAYLOAD_CTE = "d AS (SELECT $1::text::jsonb AS j, $2::text[] AS changed_ids)"
 
-# `_SAVE_SQL` behind a gate, for a state computed from what this engine committed last: the
+
+def _write_ctes(kinds: frozenset[str]) -> list[str]:
+    return [f"write_{name} AS ({body})" for name, body in _WRITE_CTES.items() if name in kinds]
+
+
+@functools.cache
+def _save_sql(kinds: frozenset[str]) -> str:
+    """The one-statement save of a payload whose non-empty arrays are `kinds`; its rows are the
+    upserted tasks."""
+    main = _UPSERT_TASKS_SQL if "tasks" in kinds else f"SELECT {_NO_UPSERT_COLUMNS} WHERE false"
+    return "WITH " + ",\n".join([_PAYLOAD_CTE, *_write_ctes(kinds)]) + "\n" + main
+
+
+# `_save_sql` behind a gate, for a state computed from what this engine committed last: the
 # statement first locks the runs and the reported tasks (in the global lock order) and checks
 # that each run is still at the `state_version` the state was computed from and each lease is
 # still current. Only then does the JSON reach the write CTEs; otherwise every CTE reads an
 # empty object and writes nothing. On its own (outside a transaction) it is one round trip that
 # commits by itself. The first column says whether the gate opened.
-_SAVE_IF_CURRENT_SQL = f"""
-WITH r AS (
+_GATE_CTES = """r AS (
     SELECT id FROM runs
     WHERE id = ANY($4::text[])
       AND (tenant_id, id, state_version) IN (SELECT * FROM unnest($3::text[], $4::text[], $5::bigint[]))
@@ -668,11 +688,25 @@ WITH r AS (
     SELECT (SELECT count(*) FROM r) = cardinality($4::text[])
        AND (SELECT count(*) FROM t) = cardinality($7::text[]) AS open
 ),
-d AS (SELECT CASE WHEN (SELECT open FROM gate) THEN $1::text::jsonb ELSE '{{}}'::jsonb END AS j),{_SAVE_CTES},
-upserted AS ({_UPSERT_TASKS_SQL})
-SELECT gate.open, u.id, u.run_id, u.step_id, u.item_index, u.fencing_token
-FROM gate LEFT JOIN upserted AS u ON true
-"""
+d AS (
+    SELECT CASE WHEN (SELECT open FROM gate) THEN $1::text::jsonb ELSE '{}'::jsonb END AS j,
+           $2::text[] AS changed_ids
+)"""
+
+
+@functools.cache
+def _save_if_current_sql(kinds: frozenset[str]) -> str:
+    """`_save_sql(kinds)` behind the gate: its first column says whether the gate opened."""
+    ctes = [_GATE_CTES, *_write_ctes(kinds)]
+    if "tasks" not in kinds:
+        return "WITH " + ",\n".join(ctes) + f"\nSELECT gate.open, {_NO_UPSERT_COLUMNS} FROM gate"
+    ctes.append(f"upserted AS ({_UPSERT_TASKS_SQL})")
+    return (
+        "WITH "
+        + ",\n".join(ctes)
+        + "\nSELECT gate.open, u.id, u.run_id, u.step_id, u.item_index, u.fencing_token"
+        + "\nFROM gate LEFT JOIN upserted AS u ON true"
+    )
 
 
 _TaskOpsByKey = dict[tuple[str, str, int], tuple[str, UpsertTask]]
@@ -680,9 +714,9 @@ _TaskOpsByKey = dict[tuple[str, str, int], tuple[str, UpsertTask]]
 
 def _one_statement_payload(
     states: Sequence[RunState], new_runs: list[dict[str, Any]], changed_runs: list[dict[str, Any]]
-) -> tuple[str, list[str], _TaskOpsByKey]:
-    """The JSON parameter of `_SAVE_SQL`, the ids of the changed runs, and the upserted tasks
-    by (run_id, step_id, item_index)."""
+) -> tuple[str, frozenset[str], list[str], _TaskOpsByKey]:
+    """The JSON parameter of `_save_sql`, its non-empty arrays, the ids of the changed runs, and
+    the upserted tasks by (run_id, step_id, item_index)."""
     steps_new: list[dict[str, Any]] = []
     steps_changed: list[dict[str, Any]] = []
     attempts_new: list[dict[str, Any]] = []
@@ -737,7 +771,8 @@ def _one_statement_payload(
         "tasks": upserted,
     }
     changed_ids = [row["k_id"] for row in changed_runs]
-    return json.dumps(payload, default=_json_default, separators=(",", ":")), changed_ids, ops_by_key
+    kinds = frozenset(key for key, rows in payload.items() if rows)
+    return json.dumps(payload, default=_json_default, separators=(",", ":")), kinds, changed_ids, ops_by_key
 
 
 async def _save_in_one_statement(
@@ -746,8 +781,8 @@ async def _save_in_one_statement(
     new_runs: list[dict[str, Any]],
     changed_runs: list[dict[str, Any]],
 ) -> list[TaskLease]:
-    payload, changed_ids, ops_by_key = _one_statement_payload(states, new_runs, changed_runs)
-    result = await _fetch(session, _SAVE_SQL, payload, changed_ids)
+    payload, kinds, changed_ids, ops_by_key = _one_statement_payload(states, new_runs, changed_runs)
+    result = await _fetch(session, _save_sql(kinds), payload, changed_ids)
     return _eager_leases(result, ops_by_key)
 
 
@@ -764,11 +799,11 @@ async def save_states_if_current(
     new_runs, changed_runs = _run_rows(states)
     if new_runs or len(changed_runs) != len(states):
         raise ValueError("the gated save writes changed runs only")
-    payload, changed_ids, ops_by_key = _one_statement_payload(states, new_runs, changed_runs)
+    payload, kinds, changed_ids, ops_by_key = _one_statement_payload(states, new_runs, changed_runs)
     held = sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
     await _use_generic_plans(connection)
     rows = await connection.fetch(
-        _SAVE_IF_CURRENT_SQL,
+        _save_if_current_sql(kinds),
         payload,
         changed_ids,
         [key[0] for key in expected],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -301,3 +302,18 @@ async def test_a_sequential_run_commits_each_result_in_one_gated_statement(manua
     assert (await manual.engine.get_run(TENANT, run_id)).status is RunStatus.SUCCEEDED
     # SQLite has one writer and always takes the locking path.
     assert gates == ([True, True, True] if manual.db.is_postgres else [])
+
+
+def test_every_part_of_the_save_payload_has_its_write() -> None:
+    """The one-statement save holds a write CTE per non-empty array of its JSON payload (and the
+    task upsert for `tasks`): an array without one would be dropped silently."""
+    payload, kinds, _, _ = repo._one_statement_payload([], [], [])
+    assert kinds == frozenset()
+    assert set(json.loads(payload)) == set(repo._WRITE_CTES) | {"tasks"}
+    every = frozenset(json.loads(payload))
+    for sql in (repo._save_sql(every), repo._save_if_current_sql(every)):
+        for name in repo._WRITE_CTES:
+            assert f"write_{name} AS (" in sql
+            assert f"j->'{name}'" in sql
+        assert "INSERT INTO tasks" in sql
+    assert "write_" not in repo._save_sql(frozenset()) and "INSERT INTO tasks" not in repo._save_sql(frozenset())
