@@ -59,7 +59,7 @@ from execution_svc.domain.scheduler import RunScheduler
 from execution_svc.domain.state import InvariantError, ReleaseRunTasks, RunState, UpsertTask
 from execution_svc.domain.views import run_view, run_view_from_json, run_view_to_json, step_views
 from execution_svc.domain.watch import EventFilter, EventStream, EventWatcher, WatchConfig
-from flowforge_common.errors import ConflictError, FieldViolation, NotFoundError, ValidationError
+from flowforge_common.errors import ConflictError, DomainError, FieldViolation, NotFoundError, ValidationError
 from flowforge_common.ids import new_id
 from flowforge_common.orm import utcnow
 from flowforge_common.pagination import clamp_limit, decode_page_token, encode_page_token
@@ -441,7 +441,7 @@ class ExecutionEngine:
         """Resolves a failed or waiting step by hand with `output`; the run goes on."""
         return await self._control(
             tenant_id, run_id, "complete_step", {"step_id": step_id, "output": output}, idempotency_key,
-            lambda s: s.complete_step(step_id, output, actor),
+            lambda s: s.complete_step(step_id, output, actor), one_statement=True,
         )
 
     async def send_signal(
@@ -450,7 +450,7 @@ class ExecutionEngine:
         """Delivers signal `name` to the steps waiting for it."""
         return await self._control(
             tenant_id, run_id, "signal", {"name": name, "payload": payload}, idempotency_key,
-            lambda s: s.signal(name, payload, actor),
+            lambda s: s.signal(name, payload, actor), one_statement=True,
         )
 
     # =====================================================================================
@@ -807,7 +807,18 @@ class ExecutionEngine:
         body: dict[str, Any],
         idempotency_key: str,
         action: Callable[[RunScheduler], None],
+        *,
+        one_statement: bool = False,
     ) -> RunView:
+        """Applies `action` to the run under its lock and commits, replaying the stored answer
+        of a repeated `idempotency_key`. `one_statement`: the action changes steps and tasks one
+        by one (a signal, a step completed by hand), so without a key it may take the gated
+        one-statement path; actions on all of a run's tasks at once (pause, resume, cancel,
+        retries) always take the locking path, which reuses the kept state without dropping it."""
+        if one_statement and not idempotency_key and self._db.is_postgres:
+            view = await self._control_if_current(tenant_id, run_id, action)
+            if view is not None:
+                return view
         request_hash = _hash(operation, run_id, body)
 
         async def work(session: AsyncSession) -> tuple[RunView, list[RunState]]:
@@ -824,6 +835,41 @@ class ExecutionEngine:
             return view, [state]
 
         return await self._write_and_publish(work)
+
+    async def _control_if_current(
+        self, tenant_id: str, run_id: str, action: Callable[[RunScheduler], None]
+    ) -> RunView | None:
+        """The one-round-trip path of `_control` (PostgreSQL, no Idempotency-Key): when this
+        engine committed the run last, `action` is applied to the state it kept and written by
+        the gated statement of `_complete_if_current`. None when that does not apply, when the
+        action refuses (the kept state may be behind: the locking path decides on the current
+        one) or when the gate stayed shut; nothing was written then, and the kept state is
+        dropped so that the locking path reads the run."""
+        cached = self._states.get(run_id)
+        if cached is None or cached[0].tenant_id != tenant_id:
+            return None
+        now = self._clock()
+        run, rows = self._states.pop(run_id)
+        run.updated_at = now
+        scheduler = self._scheduler(RunState.load(run, rows), now)
+        try:
+            action(scheduler)
+        except (DomainError, InvariantError):
+            return None
+        states = [scheduler.state]
+        if not repo.fits_one_statement(states):
+            return None
+        try:
+            async with self._db.autocommit() as connection:
+                if await repo.save_states_if_current(connection, states, [], now) is None:
+                    return None
+        except Exception:
+            logger.debug("the one-statement control failed; taking the locking path", exc_info=True)
+            return None
+        self._keep(states)
+        await self._publish(states)
+        state = scheduler.state
+        return run_view(state.run, step_views(state.run, state.rows.values()))
 
     async def _replay(
         self, session: AsyncSession, tenant_id: str, key: str, request_hash: str

@@ -21,6 +21,7 @@ from execution_svc.domain.models import RunError, RunStatus, StepStatus, TaskKin
 from execution_svc.domain.ports import StepFailed, StepSucceeded
 from execution_svc.domain.service import Assignment, EngineConfig, ExecutionEngine, StaleLeaseError
 from execution_svc.notify import InProcessNotifier
+from flowforge_common.errors import ConflictError
 from tests.execution_svc.conftest import TENANT, ManualClock
 
 
@@ -302,6 +303,74 @@ async def test_a_sequential_run_commits_each_result_in_one_gated_statement(manua
     assert (await manual.engine.get_run(TENANT, run_id)).status is RunStatus.SUCCEEDED
     # SQLite has one writer and always takes the locking path.
     assert gates == ([True, True, True] if manual.db.is_postgres else [])
+
+
+def other_engine(manual: Manual) -> ExecutionEngine:
+    """A second engine on the same database: another execution_svc process."""
+    return ExecutionEngine(
+        manual.db, InProcessNotifier(), clock=manual.clock, config=EngineConfig(lease_seconds=10), rng=random.Random(2)
+    )
+
+
+async def test_controls_on_a_run_this_engine_committed_last_take_one_statement(
+    manual: Manual, gates: list[bool]
+) -> None:
+    """A control without an Idempotency-Key on a run whose state this engine kept is written by
+    the gated one-statement save (here the signal); those that hold, release or drop all of the
+    run's tasks at once (pause, resume, cancel) take the locking path. Either way the run reads
+    back as written."""
+    run_id = await manual.start(
+        {"id": "w", "type": "wait_for_signal", "config": {"signal": "go"}}, agent_step("b", "w")
+    )
+    assert (await manual.engine.pause_run(TENANT, run_id)).status is RunStatus.PAUSED
+    assert (await manual.engine.resume_run(TENANT, run_id)).status is RunStatus.RUNNING
+    view = await manual.engine.send_signal(TENANT, run_id, "go", {"ok": True})
+    assert [(s.step_id, s.status) for s in view.steps] == [("w", StepStatus.SUCCEEDED), ("b", StepStatus.PENDING)]
+    assert await manual.queued() == 1
+    assert (await manual.engine.cancel_run(TENANT, run_id)).status is RunStatus.CANCELLED
+    # What was written is what a fresh read finds, events gap-free.
+    run = await manual.engine.get_run(TENANT, run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert [(s.step_id, s.status) for s in run.steps] == [("w", StepStatus.SUCCEEDED), ("b", StepStatus.CANCELLED)]
+    events = await manual.engine.list_events(TENANT, run_id, limit=100)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert await manual.queued() == 0
+    with pytest.raises(ConflictError):
+        await manual.engine.pause_run(TENANT, run_id)
+    assert gates == ([True] if manual.db.is_postgres else [])
+
+
+async def test_a_control_from_a_kept_state_never_overwrites_another_engines_change(
+    manual: Manual, gates: list[bool]
+) -> None:
+    """Engine A keeps the state it committed; engine B then changes the run. A's next control
+    is decided on the run as it is now: the gate stays shut when the state moved on, and an
+    action refused on the kept state is tried again on the current one."""
+    other = other_engine(manual)
+    first = {"id": "w", "type": "wait_for_signal", "config": {"signal": "go"}}
+    run_id = await manual.start(
+        first, {"id": "w2", "type": "wait_for_signal", "config": {"signal": "go"}, "depends_on": ["w"]}
+    )
+    # B delivers `go` to w. A's kept state still has w waiting: the signal passes on it, the
+    # gate does not, and on the current run it reaches w2 (w keeps B's payload).
+    await other.send_signal(TENANT, run_id, "go", "from B")
+    view = await manual.engine.send_signal(TENANT, run_id, "go", "from A")
+    assert [(s.step_id, s.status, s.output) for s in view.steps] == [
+        ("w", StepStatus.SUCCEEDED, "from B"),
+        ("w2", StepStatus.SUCCEEDED, "from A"),
+    ]
+    assert view.status is RunStatus.SUCCEEDED
+    # A cancels a second run (its kept state: cancelled); B retries it (running, w waiting).
+    # A's signal, refused on the kept state, is delivered on the current run.
+    second = await manual.start(first)
+    await manual.engine.cancel_run(TENANT, second)
+    await other.retry_run(TENANT, second)
+    assert (await manual.engine.send_signal(TENANT, second, "go", "after retry")).status is RunStatus.SUCCEEDED
+    assert [(s.step_id, s.output) for s in (await other.get_run(TENANT, second)).steps] == [("w", "after retry")]
+    events = await manual.engine.list_events(TENANT, run_id, limit=100)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    if manual.db.is_postgres:
+        assert gates[0] is False  # A's first signal, computed from the state B had moved on
 
 
 def test_every_part_of_the_save_payload_has_its_write() -> None:
