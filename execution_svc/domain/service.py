@@ -913,6 +913,10 @@ class ExecutionEngine:
         for state in states:
             run = state.run
             if state.events:
+                # This process's watchers of the run take the events from here, not the log.
+                self._watcher.offer(
+                    run.tenant_id, run.id, state.events, finished=run.status.finished, last_seq=run.last_seq
+                )
                 messages.append((EVENTS_TOPIC, f"{run.tenant_id} {run.id} {run.last_seq}"))
             if state.abort_in_flight:
                 messages.append((CANCEL_TOPIC, run.id))

@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -164,7 +164,9 @@ class _Wakes:
                     wake.set()
             return
         feed = self.feeds.get((tenant_id, run_id))
-        if feed is not None:
+        # News unless the feed has it already (this process's own commits are offered to it).
+        seq = int(parts[2]) if parts[2].isdigit() else None
+        if feed is not None and (feed.read_to is None or seq is None or seq > feed.read_to):
             feed.stale = True
         for key in (("run", run_id), ("tenant", tenant_id), ("any", "")):
             for wake in self._index.get(key, ()):
@@ -211,6 +213,33 @@ class _RunFeed:
         end = batch[-1].seq if batch else cursor
         return batch, self.finished and end >= self.last_seq
 
+    def offer(self, events: Sequence[EventRecord], *, finished: bool, last_seq: int) -> None:
+        """Events this process has just committed for the run (contiguous by seq, the run's
+        latest at that commit): taken into the window without reading the log when they follow
+        on from it. Otherwise (a gap: another process committed in between) the feed reads the
+        log as usual. Whether the feed is stale is left alone: a later commit of another
+        process may have marked it so."""
+        if self.read_to is None:
+            return
+        fresh = [event for event in events if event.seq > self.read_to]
+        if not fresh:
+            return
+        if fresh[0].seq != self.read_to + 1:
+            self.stale = True
+            return
+        self._take(fresh)
+        self._note_run(finished, last_seq)
+
+    def _take(self, events: Sequence[EventRecord]) -> None:
+        self.events.extend(events)
+        self.read_to = events[-1].seq
+        del self.events[: max(0, len(self.events) - self._keep)]
+        self._read_at = asyncio.get_running_loop().time()
+
+    def _note_run(self, finished: bool, last_seq: int) -> None:
+        if last_seq >= self.last_seq:
+            self.finished, self.last_seq = finished, last_seq
+
     async def _read(self, cursor: int) -> None:
         self.stale = False
         if self.read_to is None:
@@ -225,12 +254,11 @@ class _RunFeed:
                 session, self.tenant_id, self.run_id, after_seq=self.read_to, limit=self._batch_size
             )
         self._read_at = asyncio.get_running_loop().time()
-        self.finished = run.status.finished
-        self.last_seq = run.last_seq
-        if batch:
-            self.events.extend(batch)
-            self.read_to = batch[-1].seq
-            del self.events[: max(0, len(self.events) - self._keep)]
+        self._note_run(run.status.finished, run.last_seq)
+        # An offer may have taken some of them while this read was in flight.
+        fresh = [event for event in batch if event.seq > self.read_to]
+        if fresh:
+            self._take(fresh)
         if len(batch) == self._batch_size:
             self.stale = True  # more to read
 
@@ -420,6 +448,16 @@ class EventWatcher:
             on_close=wake.close,
             cursor_name="after_cursor",
         )
+
+    def offer(
+        self, tenant_id: str, run_id: str, events: Sequence[EventRecord], *, finished: bool, last_seq: int
+    ) -> None:
+        """Hands the events of a commit of this process to the run's feed, if the run is
+        watched here: its watchers then take them without reading the log (see `_RunFeed.offer`).
+        Call after the commit, before publishing its notification."""
+        feed = self._wakes.feeds.get((tenant_id, run_id))
+        if feed is not None:
+            feed.offer(events, finished=finished, last_seq=last_seq)
 
     def _poll_timeout(self) -> float:
         """The fallback poll period, jittered by +-25%: watchers opened together (a page of

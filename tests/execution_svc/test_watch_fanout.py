@@ -5,6 +5,7 @@ still gets every event exactly once, in order, from wherever its cursor is."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from execution_svc.db import repository as repo
 from execution_svc.domain import watch
+from execution_svc.domain.service import EngineConfig, ExecutionEngine
 from tests.execution_svc.conftest import TENANT, Harness
 
 
@@ -104,3 +106,80 @@ async def test_a_watcher_behind_the_shared_window_reads_history_then_joins_it(
     expected = [event.seq for event in await harness.events(run.id)]
     assert early == expected
     assert late == expected[1:]
+
+
+async def test_a_watcher_takes_its_own_process_commits_without_reading_the_log(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = Reads(monkeypatch)
+    run = await harness.run(signals(5))
+    seen: list[int] = []
+    watcher = asyncio.create_task(_collect(harness, run.id, 0, seen))
+    history = len(await harness.engine.list_events(TENANT, run.id))
+    await _settle(lambda: len(seen) == history)
+    before = reads.by_run[run.id]
+    for index in range(5):
+        await harness.engine.send_signal(TENANT, run.id, f"s{index}", index)
+    await asyncio.wait_for(watcher, 10)
+    assert reads.by_run[run.id] == before, "this engine's commits reach its watchers without a read of the log"
+    assert seen == [event.seq for event in await harness.events(run.id)]
+
+
+async def test_commits_of_another_process_in_between_are_read_from_the_log(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engines A and B (two processes; one notifier stands for PostgreSQL's NOTIFY) take turns
+    on a run that A's process watches: A's commits are handed over, B's read from the log, and
+    the watcher gets every event once, in order."""
+    engine = harness.engine
+    other = ExecutionEngine(
+        engine._db, engine._notifier, config=EngineConfig(watch_poll_seconds=1.0), rng=random.Random(8)
+    )
+    reads = Reads(monkeypatch)
+    run = await harness.run(signals(6))
+    seen: list[int] = []
+    watcher = asyncio.create_task(_collect(harness, run.id, 0, seen))
+    history = len(await engine.list_events(TENANT, run.id))
+    await _settle(lambda: len(seen) == history)
+    before = reads.by_run[run.id]
+    for index in range(6):
+        await (other if index % 2 else engine).send_signal(TENANT, run.id, f"s{index}", index)
+    await asyncio.wait_for(watcher, 10)
+    assert reads.by_run[run.id] > before, "B's commits come from the log"
+    assert seen == [event.seq for event in await harness.events(run.id)]
+
+
+async def test_events_handed_over_during_a_read_of_the_log_are_not_taken_twice(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = await harness.run(signals(3))
+    feed = watch._RunFeed(harness.engine._db, TENANT, run.id, keep=100, batch_size=100)
+    first = await feed.after(0, max_age=60)
+    assert first is not None
+    cursor = feed.read_to
+    assert cursor is not None
+    release = asyncio.Event()
+    original = repo.list_events
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        found = await original(*args, **kwargs)
+        await release.wait()
+        return found
+
+    # A read of the log starts (and finds the signal's events), then the engine's offer of the
+    # same events lands before the read returns.
+    await harness.engine.send_signal(TENANT, run.id, "s0", 0)
+    fresh = [event for event in await harness.events(run.id) if event.seq > cursor]
+    assert fresh
+    monkeypatch.setattr(watch.repo, "list_events", held)
+    feed.stale = True
+    reading = asyncio.create_task(feed.after(cursor, max_age=60))
+    await asyncio.sleep(0.05)
+    assert not reading.done()
+    feed.offer(fresh, finished=False, last_seq=fresh[-1].seq)
+    release.set()
+    taken = await asyncio.wait_for(reading, 10)
+    assert taken is not None
+    seqs = [event.seq for event in feed.events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "contiguous, each event once"
+    assert feed.read_to == fresh[-1].seq
