@@ -6,6 +6,10 @@ GCRA keeps one number per key, the theoretical arrival time (TAT) of the next re
 limit of L per period P the emission interval is T = P / L and the burst tolerance is
 T * (L - 1): a quiet client may spend its whole minute at once, then one request per T.
 
+Run starts and controls (the `execute` class) also spend from one bucket per tenant that all
+its principals share, so that minting API keys does not multiply a tenant's budget; a call that
+bucket refuses gives its principal's spend back.
+
 Password sign-in is also limited per email address, whatever the client IP, so that guessing
 one account's password from many addresses gets no further than from one. The key is an HMAC
 of the address (Redis never holds one), and every address gets a bucket, registered or not, so
@@ -284,7 +288,8 @@ def client_ip(request: web.Request, trusted_proxy_hops: int) -> str:
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Spends one request of the caller's bucket for the route's class: per principal (tenant
     and subject) once authenticated, per client IP for the sign-in endpoints and anything
-    anonymous; a password sign-in also spends from its email's bucket. Over a limit: 429
+    anonymous; an `execute` call also spends from its tenant's bucket, a password sign-in from
+    its email's. Over a limit: 429
     problem+json with `Retry-After`. `RateLimit-*` headers are added to whatever response
     follows (see add_standard_headers)."""
     settings = request.app[SETTINGS_KEY]
@@ -298,16 +303,39 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     else:
         bucket = f"{access.rate_class.value}:ip:{client_ip(request, settings.trusted_proxy_hops)}"
         identities = ()
-    decision = await request.app[RATE_LIMITER_KEY].check(
-        bucket, limit_for(settings, access.rate_class, identities)
-    )
+    limiter = request.app[RATE_LIMITER_KEY]
+    limit = limit_for(settings, access.rate_class, identities)
+    decision = await limiter.check(bucket, limit)
     request[RATE_LIMIT_HEADERS_KEY] = decision.headers()
     if not decision.allowed:
         detail = f"rate limit of {decision.limit} {access.rate_class.value} calls per minute exceeded"
         raise _rate_limited(decision, detail)
+    if principal is not None and access.rate_class is RateClass.EXECUTE:
+        await _spend_tenant_execute(request, principal.tenant_id, bucket, limit, decision)
     if access.password_sign_in:
         return await _limit_per_email(request, handler, settings)
     return await handler(request)
+
+
+async def _spend_tenant_execute(
+    request: web.Request, tenant_id: str, principal_bucket: str, principal_limit: int, spent: Decision
+) -> None:
+    """Spends from the tenant's own `execute` bucket too, which all its principals share. Over
+    it, the principal's spend is given back and the answer is 429; the headers describe
+    whichever bucket has less left."""
+    settings = request.app[SETTINGS_KEY]
+    limiter = request.app[RATE_LIMITER_KEY]
+    override = settings.rate_limit_overrides.get(tenant_id, {}).get("tenant_execute")
+    decision = await limiter.check(
+        f"execute:tenant:{tenant_id}", override or settings.rate_limit_tenant_execute_per_minute
+    )
+    if not decision.allowed:
+        await limiter.refund(principal_bucket, principal_limit)
+        request[RATE_LIMIT_HEADERS_KEY] = decision.headers()
+        detail = f"tenant rate limit of {decision.limit} execute calls per minute exceeded (all its keys and users)"
+        raise _rate_limited(decision, detail)
+    if decision.remaining < spent.remaining:
+        request[RATE_LIMIT_HEADERS_KEY] = decision.headers()
 
 
 def _rate_limited(decision: Decision, detail: str) -> ProblemError:

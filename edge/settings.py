@@ -73,9 +73,16 @@ class EdgeSettings(CommonSettings):
     rate_limit_execute_per_minute: int = Field(
         default=120, gt=0, description="Run starts and run controls (`runs:execute` RPCs) per principal."
     )
+    rate_limit_tenant_execute_per_minute: int = Field(
+        default=600,
+        gt=0,
+        description="Run starts and run controls per tenant, all its principals (users, API keys, service "
+        "accounts) together: minting keys does not multiply the per-principal budget. A tenant's own figure goes "
+        'in `rate_limit_overrides` under `"tenant_execute"`.',
+    )
     rate_limit_overrides: dict[str, dict[str, int]] = Field(
         default_factory=dict,
-        description='Per tenant id or subject (`apikey:<id>`, a user or service account id), per-minute limits '
+        description="Per tenant id or subject (`apikey:<id>`, a user or service account id), per-minute limits "
         'by class, as JSON: `{"ten_x": {"read": 5000}}`. The subject\'s entry wins over its tenant\'s.',
     )
     rate_limit_prefix: str = Field(

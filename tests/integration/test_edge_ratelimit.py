@@ -155,3 +155,25 @@ async def test_behind_a_trusted_proxy_the_forwarded_client_ip_is_limited(
     assert await signup("203.0.113.8") == 201
     # A client cannot dodge its bucket by prepending made-up addresses.
     assert await signup("198.51.100.1, 203.0.113.7") == 429
+
+
+async def test_a_tenant_shares_one_execute_budget_and_a_refused_call_costs_its_principal_nothing(
+    aiohttp_client: AiohttpClient, backend: EchoBackend, tokens: TokenFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("edge.ratelimit.time.monotonic", lambda: now[0])
+    client = await edge(
+        aiohttp_client, backend, rate_limit_execute_per_minute=2, rate_limit_tenant_execute_per_minute=3
+    )
+    alice, bob = bearer(tokens), bearer(tokens, subject="usr_b")
+    start = "/api/v1/workflows/wf_1/execute"
+    answers = [await client.post(start, json={}, headers=headers) for headers in (alice, alice, bob, bob)]
+    assert [answer.status == 429 for answer in answers] == [False, False, False, True]
+    assert "tenant rate limit of 3 execute calls" in (await answers[3].json())["detail"]
+    assert answers[3].headers["RateLimit-Limit"] == "3"
+    # Another tenant's budget is its own.
+    assert (await client.post(start, json={}, headers=bearer(tokens, tenant="ten_b"))).status != 429
+    # One tenant interval later (60 s / 3) the tenant has room for one more start; bob's own
+    # bucket (one start per 30 s) still has it, as the refused call was given back.
+    now[0] += 20.0
+    assert (await client.post(start, json={}, headers=bob)).status != 429

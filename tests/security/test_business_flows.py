@@ -1,8 +1,9 @@
 """OWASP API6 (unrestricted access to sensitive business flows): the flows worth automating
 against FlowForge are throttled. Mass sign-up (a tenant per call) is limited per client IP,
 whatever X-Forwarded-For a client forges, while other clients sign up freely; starting and
-controlling runs spends a per-principal `execute` budget of its own, tighter than writes, that
-one tenant exhausting leaves other tenants (and the tenant's reads and edits) untouched; and
+controlling runs spends a per-principal `execute` budget of its own, tighter than writes, and a
+tenant-wide one that all its principals share (API keys do not multiply it), which one tenant
+exhausting leaves other tenants (and the tenant's reads and edits) untouched; and
 anonymous run triggers (inbound hooks) are limited per client IP."""
 
 from __future__ import annotations
@@ -131,6 +132,43 @@ async def test_run_starts_spend_a_per_principal_execute_budget(stack: Stack, aio
     ).status == 201
 
     # Another tenant is not held back by this one.
+    other_workflow = await create_workflow(client, neighbour)
+    response = await client.post(
+        f"/api/v1/workflows/{other_workflow}/execute", json={"input": {}}, headers=neighbour.headers
+    )
+    assert response.status == 202, await response.text()
+
+
+async def test_api_keys_do_not_multiply_a_tenants_execute_budget(stack: Stack, aiohttp_client: AiohttpClient) -> None:
+    """Each principal (a user, each of its API keys) has its own `execute` budget, and the
+    tenant one that all of them spend together: minting keys buys no more run starts."""
+    client = await edge_with(
+        aiohttp_client, stack, rate_limit_execute_per_minute=3, rate_limit_tenant_execute_per_minute=5
+    )
+    owner, neighbour = await stack.member(), await stack.member()
+    workflow_id = await create_workflow(client, owner)
+    execute = f"/api/v1/workflows/{workflow_id}/execute"
+    keys = []
+    for index in range(3):
+        created = await client.post("/api/v1/api-keys", json={"name": f"k{index}"}, headers=owner.headers)
+        assert created.status == 201, await created.text()
+        keys.append({"X-API-Key": (await created.json())["key"]})
+
+    # Two starts each, in turn: the user, then each key.
+    answers = [
+        await client.post(execute, json={"input": {}}, headers=headers)
+        for headers in [owner.headers, *keys]
+        for _ in range(2)
+    ]
+    assert [answer.status for answer in answers] == [202] * 5 + [429] * 3
+    # The headers describe the tighter bucket: at the 5th start the tenant has none left, the key 2.
+    assert (answers[4].headers["RateLimit-Limit"], answers[4].headers["RateLimit-Remaining"]) == ("5", "0")
+    await assert_rate_limited(answers[5], "execute")
+    assert "tenant" in (await answers[5].json())["detail"]
+    runs = await (await client.get(f"/api/v1/runs?workflow_id={workflow_id}", headers=owner.headers)).json()
+    assert len(runs["items"]) == 5, "a refused start started nothing"
+
+    # Another tenant has a budget of its own.
     other_workflow = await create_workflow(client, neighbour)
     response = await client.post(
         f"/api/v1/workflows/{other_workflow}/execute", json={"input": {}}, headers=neighbour.headers
