@@ -609,18 +609,10 @@ class ExecutionEngine:
     ) -> list[list[Assignment] | BaseException] | None:
         """The one-round-trip path of `_complete_tasks`; None when it does not apply or its
         gate stayed shut (then nothing was written and no kept state is left behind)."""
-        if any(
-            run_id not in self._states or self._states[run_id][0].tenant_id != tenant_id
-            for run_id, tenant_id in by_run
-        ):
+        if not all(self._kept(tenant_id, run_id) for run_id, tenant_id in by_run):
             return None
         now = self._clock()
-        loaded: dict[str, RunScheduler] = {}
-        for run_id, _ in by_run:
-            # Taken out: if this attempt fails half-way, the next transaction reads the run.
-            run, rows = self._states.pop(run_id)
-            run.updated_at = now
-            loaded[run_id] = self._scheduler(RunState.load(run, rows), now)
+        loaded = {run_id: self._take_kept(run_id, now) for run_id, _ in by_run}
         leases = [completion.assignment.lease for completion in completions]
         try:
             outcomes, schedulers = self._apply_completions(
@@ -629,21 +621,47 @@ class ExecutionEngine:
         except InvariantError:
             return None  # a result for an attempt the kept state has moved past: a stale lease
         states = [scheduler.state for scheduler, _, _ in schedulers]
-        if len(states) != len(by_run) or not repo.fits_one_statement(states):
+        if len(states) != len(by_run):
+            return None
+        leased = await self._save_if_current(states, leases, now)
+        if leased is None:
+            return None
+        for scheduler, index, keys in schedulers:
+            outcomes[index] = self._assign(scheduler, leased, keys)
+        return outcomes
+
+    def _kept(self, tenant_id: str, run_id: str) -> bool:
+        """Whether this engine kept the state it last committed of the tenant's run."""
+        cached = self._states.get(run_id)
+        return cached is not None and cached[0].tenant_id == tenant_id
+
+    def _take_kept(self, run_id: str, now: dt.datetime) -> RunScheduler:
+        """A scheduler over the kept state of `run_id`, taken out of the keep: if the
+        transaction that uses it fails half-way, the next one reads the run."""
+        run, rows = self._states.pop(run_id)
+        run.updated_at = now
+        return self._scheduler(RunState.load(run, rows), now)
+
+    async def _save_if_current(
+        self, states: list[RunState], leases: Sequence[TaskLease], now: dt.datetime
+    ) -> list[TaskLease] | None:
+        """Writes states computed from kept ones by the gated one-statement save
+        (`repo.save_states_if_current`), then keeps and publishes them; returns the eagerly
+        dispatched leases. None when the states do not fit one statement, the gate stayed shut
+        or the statement failed: nothing was written, and the caller takes the locking path."""
+        if not repo.fits_one_statement(states):
             return None
         try:
             async with self._db.autocommit() as connection:
                 leased = await repo.save_states_if_current(connection, states, leases, now)
         except Exception:
-            logger.debug("the one-statement completion failed; taking the locking path", exc_info=True)
+            logger.debug("the one-statement save failed; taking the locking path", exc_info=True)
             return None
         if leased is None:
             return None
-        for scheduler, index, keys in schedulers:
-            outcomes[index] = self._assign(scheduler, leased, keys)
         self._keep(states)
         await self._publish(states)
-        return outcomes
+        return leased
 
     async def extend_leases(self, owner: str, task_ids: list[str]) -> set[str]:
         """Heartbeat for `owner`'s tasks; returns the ids it still holds."""
@@ -841,34 +859,21 @@ class ExecutionEngine:
     ) -> RunView | None:
         """The one-round-trip path of `_control` (PostgreSQL, no Idempotency-Key): when this
         engine committed the run last, `action` is applied to the state it kept and written by
-        the gated statement of `_complete_if_current`. None when that does not apply, when the
+        the gated statement (`_save_if_current`). None when that does not apply, when the
         action refuses (the kept state may be behind: the locking path decides on the current
         one) or when the gate stayed shut; nothing was written then, and the kept state is
         dropped so that the locking path reads the run."""
-        cached = self._states.get(run_id)
-        if cached is None or cached[0].tenant_id != tenant_id:
+        if not self._kept(tenant_id, run_id):
             return None
         now = self._clock()
-        run, rows = self._states.pop(run_id)
-        run.updated_at = now
-        scheduler = self._scheduler(RunState.load(run, rows), now)
+        scheduler = self._take_kept(run_id, now)
         try:
             action(scheduler)
         except (DomainError, InvariantError):
             return None
-        states = [scheduler.state]
-        if not repo.fits_one_statement(states):
-            return None
-        try:
-            async with self._db.autocommit() as connection:
-                if await repo.save_states_if_current(connection, states, [], now) is None:
-                    return None
-        except Exception:
-            logger.debug("the one-statement control failed; taking the locking path", exc_info=True)
-            return None
-        self._keep(states)
-        await self._publish(states)
         state = scheduler.state
+        if await self._save_if_current([state], [], now) is None:
+            return None
         return run_view(state.run, step_views(state.run, state.rows.values()))
 
     async def _replay(
