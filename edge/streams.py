@@ -30,6 +30,7 @@ from edge.settings import SETTINGS_KEY
 from edge.transcoder import forwarded_metadata
 from edge.upstream import UPSTREAMS_KEY
 from flowforge.execution.v1 import execution_pb2, execution_service_pb2
+from flowforge_common.memo import Memo
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +178,15 @@ def _dumps(document: JsonValue) -> str:
 
 
 def sse_frame(event_id: int, event: execution_pb2.Event) -> bytes:
-    """`id:` / `event:` / `data:` of one event."""
-    return f"id: {event_id}\nevent: {event.event}\ndata: {_dumps(envelope(event))}\n\n".encode()
+    """`id:` / `event:` / `data:` of one event, made once for every stream that relays it (an
+    event never changes once committed; run ids are unique across tenants)."""
+    return _FRAMES.get(
+        (event.run_id, event.seq, event_id),
+        lambda: f"id: {event_id}\nevent: {event.event}\ndata: {_dumps(envelope(event))}\n\n".encode(),
+    )
+
+
+_FRAMES: Memo[tuple[str, int, int], bytes] = Memo()
 
 
 def _resume_point(request: web.Request) -> int:

@@ -21,6 +21,7 @@ from execution_svc.api.mappers import (
     step_to_proto,
     value_from_proto,
 )
+from execution_svc.domain.models import EventRecord
 from execution_svc.domain.ports import WorkflowSource
 from execution_svc.domain.service import ExecutionEngine
 from execution_svc.domain.watch import EventFilter
@@ -29,6 +30,7 @@ from flowforge.execution.v1 import execution_service_pb2 as pb
 from flowforge.execution.v1 import execution_service_pb2_grpc
 from flowforge.workflow.v1 import agent_pb2
 from flowforge_common.auth import current_principal
+from flowforge_common.memo import Memo
 
 _CIRCUIT_TO_PROTO = {
     CircuitState.CLOSED: agent_pb2.CIRCUIT_STATE_CLOSED,
@@ -46,6 +48,8 @@ class ExecutionServiceServicer(execution_service_pb2_grpc.ExecutionServiceServic
         self._engine = engine
         self._workflows = workflows
         self._agent_guard = agent_guard or AgentGuard()
+        # A committed event never changes: its message is made once for all of a run's watchers.
+        self._watch_responses: Memo[tuple[str, str, int], pb.WatchRunResponse] = Memo()
 
     async def GetAgentCallStats(
         self, request: pb.GetAgentCallStatsRequest, _context: grpc.aio.ServicerContext
@@ -156,9 +160,14 @@ class ExecutionServiceServicer(execution_service_pb2_grpc.ExecutionServiceServic
             # Headers now: the edge knows the watch is accepted before the first event exists.
             await context.send_initial_metadata(())
             async for event in stream:
-                yield pb.WatchRunResponse(event=event_to_proto(event))
+                yield self._watch_response(event)
         finally:
             await stream.aclose()
+
+    def _watch_response(self, event: EventRecord) -> pb.WatchRunResponse:
+        return self._watch_responses.get(
+            (event.tenant_id, event.run_id, event.seq), lambda: pb.WatchRunResponse(event=event_to_proto(event))
+        )
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext

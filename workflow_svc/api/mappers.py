@@ -4,7 +4,6 @@ types, audit entries) and the domain, in both directions."""
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -15,6 +14,7 @@ from flowforge.audit.v1 import audit_service_pb2
 from flowforge.workflow.v1 import agent_pb2, agent_service_pb2, workflow_pb2, workflow_service_pb2
 from flowforge_common.errors import BadRequestError, FieldViolation
 from flowforge_common.expressions import find_expressions
+from flowforge_common.memo import Memo
 from flowforge_common.pagination import decode_page_token, encode_page_token
 from workflow_svc.domain.models import (
     DEFINITION_FIELDS,
@@ -225,22 +225,12 @@ class RenderedVersions:
     constructor does) and never change it."""
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self._max_entries = max_entries
-        self._messages: OrderedDict[tuple[str, str, int, str], workflow_pb2.Workflow] = OrderedDict()
+        self._messages: Memo[tuple[str, str, int, str], workflow_pb2.Workflow] = Memo(max_entries)
 
     def render(self, workflow: Workflow) -> workflow_pb2.Workflow:
         """The message of `workflow`, rendered once per version."""
         key = (workflow.tenant_id, workflow.id, workflow.version, workflow.etag)
-        message = self._messages.get(key)
-        if message is None:
-            message = workflow_to_proto(workflow)
-            if self._max_entries > 0:
-                self._messages[key] = message
-                while len(self._messages) > self._max_entries:
-                    self._messages.popitem(last=False)
-        else:
-            self._messages.move_to_end(key)
-        return message
+        return self._messages.get(key, lambda: workflow_to_proto(workflow))
 
 
 def plan_to_proto(plan: Iterable[Iterable[str]]) -> list[struct_pb2.ListValue]:
