@@ -57,6 +57,7 @@ from execution_svc.settings import ExecutionSettings  # noqa: E402
 from flowforge_common import db  # noqa: E402
 from flowforge_common.orm import utcnow  # noqa: E402
 from flowforge_common.runtime import tune_gc  # noqa: E402
+from tests.fixtures.databases import admin_sql  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402
 
 ADMIN_DSN = os.environ.get("FLOWFORGE_BENCH_PG_ADMIN", "postgresql://127.0.0.1:5432/postgres")
@@ -310,19 +311,11 @@ def start_agent() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("test agent did not start")
 
 
-async def admin(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def run_bench(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     """FlowForge's engine workloads, then (with the engine stopped, the test agent still up)
     the peers' W0-W2 shapes: the rows and the peers' report."""
     name = f"flowforge_bench_{uuid.uuid4().hex[:10]}"
-    await admin(f'CREATE DATABASE "{name}"')
+    await admin_sql(ADMIN_DSN, f'CREATE DATABASE "{name}"')
     dsn = f"{ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
     agent_process, agent_url = start_agent()
     try:
@@ -380,7 +373,7 @@ async def run_bench(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]
     finally:
         agent_process.terminate()
         agent_process.wait(10)
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_sql(ADMIN_DSN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run_edge(parts: list[str], subscribers: int) -> list[Row]:

@@ -68,6 +68,7 @@ SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures.databases import admin_sql  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402
 from tests.fixtures.processes import MODULES, stack_environment  # noqa: E402
 
@@ -274,14 +275,6 @@ async def wait_ready(stack: Stack, http: aiohttp.ClientSession, within: float) -
             last = repr(exc)
         await asyncio.sleep(0.25)
     raise RuntimeError(f"stack not ready within {within:.0f}s: {last}")
-
-
-async def admin_sql(sql: str) -> None:
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 # =============================================================================================
@@ -1389,7 +1382,7 @@ async def bench(args: argparse.Namespace, fd_limit: int) -> Json:
     output: Json = {}
     work_dir = Path(tempfile.mkdtemp(prefix="bench_edge_"))
     stack: Stack | None = None
-    await admin_sql(f'CREATE DATABASE "{name}"')
+    await admin_sql(ADMIN_DSN, f'CREATE DATABASE "{name}"')
     try:
         stack = start_stack(dsn, work_dir, args.log_level, args.log_format)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
@@ -1423,7 +1416,7 @@ async def bench(args: argparse.Namespace, fd_limit: int) -> Json:
         if stack is not None:
             stop_stack(stack)
         try:
-            await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin_sql(ADMIN_DSN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         except Exception as exc:
             log(f"could not drop database {name}: {exc!r}")
         if not args.keep_logs:

@@ -200,6 +200,16 @@ SELECT id, NULL FROM t
 """
 
 
+def _lease_keys(leases: Sequence[TaskLease]) -> list[tuple[str, str, int, str]]:
+    """(tenant_id, task_id, token, owner) of each lease, once each, in lock order."""
+    return sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
+
+
+def _columns(keys: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Tuples as `width` parallel arrays (statement parameters unnested back into rows)."""
+    return [[key[index] for key in keys] for index in range(width)]
+
+
 async def lock_runs_and_leases(
     session: AsyncSession, keys: Sequence[tuple[str, str]], leases: Sequence[TaskLease], now: dt.datetime
 ) -> tuple[dict[str, int], set[str]]:
@@ -207,18 +217,8 @@ async def lock_runs_and_leases(
     trip on PostgreSQL."""
     if not _is_postgres(session) or not leases:
         return await lock_run_versions(session, keys), await current_leases(session, leases, now)
-    run_keys = sorted(set(keys))
-    lease_keys = sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
     rows = await _fetch(
-        session,
-        _LOCK_RUNS_AND_LEASES,
-        [k[0] for k in run_keys],
-        [k[1] for k in run_keys],
-        [k[0] for k in lease_keys],
-        [k[1] for k in lease_keys],
-        [k[2] for k in lease_keys],
-        [k[3] for k in lease_keys],
-        now,
+        session, _LOCK_RUNS_AND_LEASES, *_columns(sorted(set(keys)), 2), *_columns(_lease_keys(leases), 4), now
     )
     versions = {row["id"]: int(row["state_version"]) for row in rows if row["state_version"] is not None}
     return versions, {row["id"] for row in rows if row["state_version"] is None}
@@ -800,19 +800,13 @@ async def save_states_if_current(
     if new_runs or len(changed_runs) != len(states):
         raise ValueError("the gated save writes changed runs only")
     payload, kinds, changed_ids, ops_by_key = _one_statement_payload(states, new_runs, changed_runs)
-    held = sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
     await _use_generic_plans(connection)
     rows = await connection.fetch(
         _save_if_current_sql(kinds),
         payload,
         changed_ids,
-        [key[0] for key in expected],
-        [key[1] for key in expected],
-        [key[2] for key in expected],
-        [key[0] for key in held],
-        [key[1] for key in held],
-        [key[2] for key in held],
-        [key[3] for key in held],
+        *_columns(expected, 3),
+        *_columns(_lease_keys(leases), 4),
         now,
     )
     if not rows or not rows[0]["open"]:
@@ -1285,9 +1279,7 @@ async def current_leases(session: AsyncSession, leases: Sequence[TaskLease], now
     result = await session.execute(
         select(tasks.c.id)
         .where(
-            tuple_(tasks.c.tenant_id, tasks.c.id, tasks.c.fencing_token, tasks.c.lease_owner).in_(
-                sorted({(lease.tenant_id, lease.task_id, lease.token, lease.owner) for lease in leases})
-            ),
+            tuple_(tasks.c.tenant_id, tasks.c.id, tasks.c.fencing_token, tasks.c.lease_owner).in_(_lease_keys(leases)),
             _IS_LEASED,
             tasks.c.lease_expires_at > now,
         )
